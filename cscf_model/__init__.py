@@ -1,0 +1,20 @@
+"""cscf_model: CSCF and its ablations in pure PyTorch (no files, no Prefect)."""
+
+from .config import MapperConfig, ModelConfig, list_models, load_config
+from .cscf import CSCF, CSCFOutput
+from .factory import create_model, model_from_checkpoint
+from .trainer import TrainConfig, TrainData, train
+
+__all__ = [
+    "CSCF",
+    "CSCFOutput",
+    "MapperConfig",
+    "ModelConfig",
+    "TrainConfig",
+    "TrainData",
+    "create_model",
+    "list_models",
+    "load_config",
+    "model_from_checkpoint",
+    "train",
+]

@@ -1,0 +1,121 @@
+"""Model configurations as data: JSON files in `model_configs/` become typed dataclasses here.
+
+One JSON file per method (CSCF and its ablations); `list_models()` shows what exists.
+A checkpoint stores the resolved `ModelConfig` so that loading rebuilds the same model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+CONFIG_DIR = Path(__file__).parent / "model_configs"
+
+
+@dataclass(frozen=True)
+class MapperConfig:
+    """One semantic mapper (A2S / B2S in eq. 1). Different kinds give the ensemble its diversity."""
+
+    kind: str = "mlp"  # "linear" | "mlp" | "residual"
+    hidden: tuple[int, ...] = (512,)  # widths of the hidden layers (ignored by "linear")
+    activation: str = "relu"  # "relu" | "gelu" | "silu" | "tanh"
+    dropout: float = 0.1
+    norm: bool = False  # LayerNorm on the input: makes a mapper insensitive to feature scale
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Everything that defines a method; fields carry the reason for their default."""
+
+    name: str = "CSCF"
+    # "semantic": OSRS, logits = scale * cos(mapper(x), c_i) (eq. 2).
+    # "linear": the ablation baseline B, a plain per-modality linear classifier, no semantics.
+    head: str = "semantic"
+    # How a sample seen through several modalities is classified:
+    # "mean" (average the modalities' logits: B, B+O), "dominant" (DMSS alone: B+O+D),
+    # "csmf" (DMSS + class-similarity fusion, eq. 9: CSCF).
+    fusion: str = "csmf"
+    mappers: tuple[MapperConfig, ...] = (MapperConfig(),)
+    # gamma^2 of eq. 2. DMSS reads entropies of these logits, so the scale decides how sharply
+    # it separates the modality that saw a class from the one that did not.
+    logit_scale: float = 30.0
+    learn_scale: bool = False  # True: learn log(gamma^2) (as CLIP's logit_scale); False: fixed
+    # CSMF (eqs. 8-9).
+    top_k: int = 3  # classes kept per row of the pruned similarity matrix S^*
+    csmf_weights: str = "similarity"  # "similarity" (paper) | "uniform" (Figure 4's "w/o class similarity")
+    csmf_normalize: bool = True  # rows of S^* sum to 1 and aux logits are centred (see csmf.py)
+    csmf_weight: float = 1.0  # lambda in lo = lo^dom + lambda * S^aux lo^aux
+    # Training (eq. 10): softmax over "all" classes (paper) or only the modality's "seen" classes.
+    loss_classes: str = "all"
+    # A missing modality is "mask"ed out of DMSS/CSMF, or fed as "zero" vectors (appendix D).
+    missing: str = "mask"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "ModelConfig":
+        """A copy with some fields changed (mapper dicts are converted)."""
+        if "mappers" in changes:
+            changes["mappers"] = tuple(_mapper(m) for m in changes["mappers"])
+        return dataclasses.replace(self, **changes)
+
+    def __post_init__(self) -> None:
+        _check(self.head, ("semantic", "linear"), "head")
+        _check(self.fusion, ("mean", "dominant", "csmf"), "fusion")
+        _check(self.csmf_weights, ("similarity", "uniform"), "csmf_weights")
+        _check(self.loss_classes, ("all", "seen"), "loss_classes")
+        _check(self.missing, ("mask", "zero"), "missing")
+        if self.top_k < 1:
+            raise ValueError(f"top_k must be >= 1, got {self.top_k}")
+        if not self.mappers:
+            raise ValueError("a model needs at least one mapper")
+
+
+def _check(value: str, allowed: tuple[str, ...], name: str) -> None:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {allowed}")
+
+
+def _mapper(m: MapperConfig | dict[str, Any]) -> MapperConfig:
+    if isinstance(m, MapperConfig):
+        return m
+    m = dict(m)
+    if "hidden" in m:
+        m["hidden"] = tuple(m["hidden"])
+    return MapperConfig(**m)
+
+
+def config_from_dict(d: dict[str, Any]) -> ModelConfig:
+    """Build a ModelConfig from a JSON-like dict, rejecting unknown keys by name."""
+    known = {f.name for f in dataclasses.fields(ModelConfig)}
+    unknown = sorted(set(d) - known)
+    if unknown:
+        raise ValueError(f"unknown model config keys {unknown}")
+    d = dict(d)
+    if "mappers" in d:
+        d["mappers"] = tuple(_mapper(m) for m in d["mappers"])
+    return ModelConfig(**d)
+
+
+def list_models() -> list[str]:
+    """Names of the shipped model configs (the JSON files' `name` fields)."""
+    return [json.loads(p.read_text())["name"] for p in sorted(CONFIG_DIR.glob("*.json"))]
+
+
+def load_config(name: str) -> ModelConfig:
+    """The shipped config called `name` (e.g. "CSCF", "B+O").
+
+    A config may name a `base` config and list only what differs from it: the ablations
+    B+O and B+O+D are CSCF with another fusion, and should stay so when CSCF changes.
+    """
+    for p in sorted(CONFIG_DIR.glob("*.json")):
+        d = json.loads(p.read_text())
+        if d["name"] == name:
+            base = d.pop("base", None)
+            if base is None:
+                return config_from_dict(d)
+            return config_from_dict({**load_config(base).to_dict(), **d})
+    raise ValueError(f"unknown model {name!r}; known: {list_models()}")

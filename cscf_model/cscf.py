@@ -1,0 +1,250 @@
+"""CSCF: Class Similarity-based Cross-modal Fusion (paper section 3), top to bottom.
+
+OSRS (3.1)  each modality has K mappers into the class-semantic space; logits are scaled
+            cosine similarities to the class semantic vectors c_i.            eq. 1-2
+DMSS (3.2)  entropies of the K predictions give each modality an uncertainty u; the
+            modality with the lowest u dominates.                            eq. 3-7
+CSMF (3.3)  the auxiliary modality's logits, re-weighted by a top-k pruned class-
+            similarity matrix, are added to the dominant modality's.         eq. 8-9
+Loss (3.4)  per modality: mean CE of the K mappers + CE of their mean.      eq. 10
+
+Modalities are a list (the paper has two, A and B); a sample carries a presence mask
+so that unimodal and bimodal samples go through the same code.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .config import ModelConfig
+from .mappers import build_mapper
+
+_EPS = 1e-8
+
+
+# ----------------------------------------------------------------------------- OSRS
+
+
+def osrs_logits(s_hat: torch.Tensor, class_emb: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """Eq. 2: lo_i = gamma^2 * cos(s_hat, c_i).  (B, d_s), (N, d_s) -> (B, N)."""
+    return scale * F.normalize(s_hat, dim=-1) @ F.normalize(class_emb, dim=-1).T
+
+
+# ----------------------------------------------------------------------------- DMSS
+
+
+def entropy(p: torch.Tensor) -> torch.Tensor:
+    """H(p) = -sum_n p_n log p_n over the last axis."""
+    return -(p * torch.log(p.clamp_min(1e-12))).sum(-1)
+
+
+def _share(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """x_m / sum over present modalities of x (eqs. 5 and 6); equal shares when all are 0."""
+    x = torch.where(present, x + _EPS, torch.zeros_like(x))  # (M, B)
+    return x / x.sum(0, keepdim=True).clamp_min(_EPS)
+
+
+def dmss_uncertainty(logits_k: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Eqs. 3-7: u^m = Inc^m + dif^m for every modality and sample.
+
+    logits_k: (M, K, B, N) logits of the K OSRS modules; present: (M, B) bool.
+    Returns (M, B); absent modalities get +inf so they are never dominant.
+    """
+    h_k = entropy(logits_k.softmax(-1))  # (M, K, B)                       eq. 3-4
+    e = h_k.std(dim=1, unbiased=False)  # (M, B): sqrt(1/K sum (H_i - H_mean)^2)  eq. 4
+    inc = _share(e, present)  # eq. 5
+    h_mean = entropy(logits_k.mean(1).softmax(-1))  # (M, B): H(softmax(mean_i lo_i))  eq. 6
+    dif = _share(h_mean, present)
+    u = inc + dif  # eq. 7
+    return torch.where(present, u, torch.full_like(u, math.inf))
+
+
+# ----------------------------------------------------------------------------- CSMF
+
+
+def class_similarity(class_emb: torch.Tensor) -> torch.Tensor:
+    """Eq. 8: S_ij = cos(c_i, c_j).  (N, d_s) -> (N, N)."""
+    c = F.normalize(class_emb, dim=-1)
+    return c @ c.T
+
+
+def pruned_similarity(
+    sim: torch.Tensor, seen: torch.Tensor, top_k: int, weights: str, normalize: bool
+) -> torch.Tensor:
+    """S^m of eq. 9 for a modality m whose seen classes are the True entries of `seen` (N,).
+
+    Choice (the paper says only "keep the top-k most similar classes for each seen
+    class"): row i of S^m keeps the k classes j *seen by m* most similar to class i, so
+    the auxiliary modality only speaks through classes it was trained on, and each class
+    i hears from its k nearest of them (class i itself first when m saw it).
+
+    normalize=True makes each kept row sum to 1 (negative similarities clipped to 0).
+    Without it S^m lo^m is a sum of up to k logits and the auxiliary modality enters the
+    fusion at up to k times the dominant modality's scale (the literal eq. 9; measured
+    in the README to drown the dominant modality).
+    """
+    masked = sim.masked_fill(~seen[None, :], -math.inf)  # only columns seen by m
+    k = min(top_k, int(seen.sum()))
+    idx = masked.topk(k, dim=1).indices  # (N, k)
+    w = sim.gather(1, idx) if weights == "similarity" else torch.ones_like(idx, dtype=sim.dtype)
+    if normalize:
+        w = w.clamp_min(0)
+        w = w / w.sum(1, keepdim=True).clamp_min(_EPS)
+    return torch.zeros_like(sim).scatter(1, idx, w)
+
+
+def csmf_fuse(
+    logits: torch.Tensor,
+    u: torch.Tensor,
+    present: torch.Tensor,
+    s_prune: torch.Tensor,
+    center: bool,
+    weight: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Eq. 9: lo = lo^dom + lambda * sum_aux S^aux lo^aux, dominant = argmin_m u^m.
+
+    logits (M, B, N); u, present (M, B); s_prune (M, N, N).  Returns fused (B, N) and
+    dominant (B,). `center` subtracts each auxiliary logit vector's mean first: softmax
+    ignores that shift for the auxiliary alone, and it makes classes that S^aux leaves
+    empty receive 0 (no evidence) rather than an offset.
+    """
+    dominant = u.argmin(0)  # (B,)
+    one_hot = F.one_hot(dominant, logits.shape[0]).T.bool()  # (M, B)
+    aux = logits - logits.mean(-1, keepdim=True) if center else logits
+    refined = torch.einsum("mij,mbj->mbi", s_prune, aux)  # (M, B, N): S^m lo^m
+    is_aux = present & ~one_hot
+    fused = (logits * one_hot[..., None]).sum(0) + weight * (refined * is_aux[..., None]).sum(0)
+    return fused, dominant
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@dataclass
+class CSCFOutput:
+    logits_k: torch.Tensor  # (M, K, B, N) every OSRS module's logits
+    logits: torch.Tensor  # (M, B, N) per-modality logits, mean over the K modules
+    u: torch.Tensor  # (M, B) DMSS uncertainty, +inf where a modality is absent
+    dominant: torch.Tensor  # (B,) index of the dominant modality
+    fused: torch.Tensor  # (B, N) the model's prediction under its `fusion`
+
+
+class CSCF(nn.Module):
+    """CSCF and its ablations (config.head / config.fusion) for M modalities over N classes.
+
+    class_emb (N, d_s) are the class semantic vectors; seen (M, N) marks the classes each
+    modality saw in training (used by CSMF's pruning and the "seen" loss). Both are
+    buffers, so a checkpoint's state_dict rebuilds the model exactly.
+    """
+
+    def __init__(
+        self,
+        config: ModelConfig,
+        input_dims: list[int],
+        class_emb: torch.Tensor,
+        seen: torch.Tensor,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.input_dims = list(input_dims)
+        n_classes, d_s = class_emb.shape
+        self.register_buffer("class_emb", class_emb.float().clone())
+        self.register_buffer("seen", seen.bool().clone())
+        if config.head == "semantic":
+            make = lambda d, m: build_mapper(m, d, d_s)  # noqa: E731
+        else:
+            make = lambda d, m: nn.Linear(d, n_classes)  # noqa: E731
+        self.mappers = nn.ModuleList(
+            nn.ModuleList(make(d, m) for m in config.mappers) for d in self.input_dims
+        )
+        # Per-modality feature standardisation, fitted on training data (fit_input_stats):
+        # user features come at any scale, and the checkpoint must carry the statistics.
+        for m, d in enumerate(self.input_dims):
+            self.register_buffer(f"in_mean_{m}", torch.zeros(d))
+            self.register_buffer(f"in_std_{m}", torch.ones(d))
+        self.log_scale = nn.Parameter(
+            torch.tensor(math.log(config.logit_scale)), requires_grad=config.learn_scale
+        )
+        sim = class_similarity(self.class_emb)
+        self.register_buffer(
+            "s_prune",
+            torch.stack(
+                [
+                    pruned_similarity(
+                        sim, seen_m, config.top_k, config.csmf_weights, config.csmf_normalize
+                    )
+                    for seen_m in self.seen
+                ]
+            ),
+        )
+
+    @torch.no_grad()
+    def fit_input_stats(self, features: list[torch.Tensor]) -> None:
+        """Standardise each modality with the mean/std of its training features."""
+        for m, x in enumerate(features):
+            if len(x) > 1:
+                getattr(self, f"in_mean_{m}").copy_(x.mean(0))
+                getattr(self, f"in_std_{m}").copy_(x.std(0).clamp_min(1e-6))
+
+    @property
+    def scale(self) -> torch.Tensor:
+        return self.log_scale.exp().clamp(max=100.0)
+
+    def modality_logits(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """(B, d_m) -> (K, B, N): logits of modality m's K modules."""
+        x = (x - getattr(self, f"in_mean_{m}")) / getattr(self, f"in_std_{m}")
+        if self.config.head == "linear":
+            return torch.stack([f(x) for f in self.mappers[m]])
+        return torch.stack([osrs_logits(f(x), self.class_emb, self.scale) for f in self.mappers[m]])
+
+    def forward(
+        self, features: list[torch.Tensor], present: torch.Tensor, fusion: str | None = None
+    ) -> CSCFOutput:
+        """features: one (B, d_m) tensor per modality (absent rows: any values);
+        present: (B, M) bool. `fusion` overrides config.fusion (to evaluate ablations
+        with one set of trained weights)."""
+        present = present.T  # (M, B)
+        if self.config.missing == "zero":
+            features = [x * p[:, None] for x, p in zip(features, present)]
+            present = torch.ones_like(present)
+        logits_k = torch.stack([self.modality_logits(m, x) for m, x in enumerate(features)])
+        logits_k = logits_k.float()
+        logits = logits_k.mean(1)  # (M, B, N)
+        u = dmss_uncertainty(logits_k, present)
+        fusion = fusion or self.config.fusion
+        if fusion == "mean":
+            w = present.float()[..., None]
+            fused = (logits * w).sum(0) / w.sum(0).clamp_min(1)
+            dominant = u.argmin(0)
+        elif fusion == "dominant":
+            fused, dominant = csmf_fuse(logits, u, present, self.s_prune, False, 0.0)
+        else:
+            fused, dominant = csmf_fuse(
+                logits, u, present, self.s_prune, self.config.csmf_normalize, self.config.csmf_weight
+            )
+        return CSCFOutput(logits_k, logits, u, dominant, fused)
+
+    def loss(self, out: CSCFOutput, labels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+        """Eq. 10: sum over modalities of (1/K sum_i CE(p_i, y) + CE(p, y)).
+
+        Each training sample is present in the modality that recorded it, so each
+        modality's terms average over its own samples only. With loss_classes="seen" the
+        softmax runs over the modality's seen classes only.
+        """
+        total = out.fused.new_zeros(())
+        for m in range(len(self.input_dims)):
+            rows = present[:, m]
+            if not rows.any():
+                continue
+            lk, y = out.logits_k[m][:, rows], labels[rows]  # (K, b, N), (b,)
+            if self.config.loss_classes == "seen":
+                lk = lk.masked_fill(~self.seen[m], -1e4)
+            k = lk.shape[0]
+            per_module = F.cross_entropy(lk.reshape(-1, lk.shape[-1]), y.repeat(k))
+            total = total + per_module + F.cross_entropy(lk.mean(0), y)
+        return total

@@ -1,0 +1,144 @@
+"""Training loop for CSCF (Algorithm 1), resumable epoch by epoch, with no file IO.
+
+The caller gets the full training state after every epoch through `on_epoch_end` and
+decides where to save it; passing that state back as `resume` continues from the next
+epoch. Every epoch reseeds the shuffling and dropout RNGs from (seed, epoch), so a
+resumed run ends with the same weights as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+from typing import Any, Callable
+
+import torch
+
+from .cscf import CSCF
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Defaults from appendix D."""
+
+    epochs: int = 50
+    batch_size: int = 256
+    lr: float = 5e-4
+    weight_decay: float = 1e-4
+    seed: int = 0
+    device: str = "auto"  # "auto" picks CUDA when present, else CPU
+    amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
+
+
+@dataclass
+class TrainData:
+    """Per modality m: features (n_m, d_m) and labels (n_m,) of the samples it recorded.
+
+    In MMHCL each training sample is seen by exactly one modality, and only on that
+    modality's seen classes.
+    """
+
+    features: list[torch.Tensor]
+    labels: list[torch.Tensor]
+
+
+def resolve_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def _epoch_batches(
+    data: TrainData, batch_size: int, generator: torch.Generator
+) -> list[list[torch.Tensor]]:
+    """Index batches per modality; the shorter modalities cycle so each step sees all."""
+    sizes = [len(y) for y in data.labels]
+    steps = max(math.ceil(n / batch_size) for n in sizes if n > 0)
+    out = []
+    for n in sizes:
+        if n == 0:
+            out.append([torch.empty(0, dtype=torch.long)] * steps)
+            continue
+        reps = math.ceil(steps * batch_size / n)
+        order = torch.cat([torch.randperm(n, generator=generator) for _ in range(reps)])
+        out.append([order[s * batch_size : (s + 1) * batch_size] for s in range(steps)])
+    return out
+
+
+def _step_batch(
+    data: TrainData, idx: list[torch.Tensor], device: torch.device
+) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
+    """Stack one batch of every modality into a presence-masked block.
+
+    Rows of modality m carry zeros for the other modalities and present[:, m] = True.
+    """
+    n_total = sum(len(i) for i in idx)
+    feats, present, labels, row = [], torch.zeros(n_total, len(idx), dtype=torch.bool), [], 0
+    for m, i in enumerate(idx):
+        present[row : row + len(i), m] = True
+        labels.append(data.labels[m][i])
+        row += len(i)
+    for m, x in enumerate(data.features):
+        block = torch.zeros(n_total, x.shape[1])
+        start = sum(len(i) for i in idx[:m])
+        block[start : start + len(idx[m])] = x[idx[m]]
+        feats.append(block.to(device))
+    return feats, torch.cat(labels).to(device), present.to(device)
+
+
+def checkpoint_state(
+    model: CSCF, optimizer: torch.optim.Optimizer, epoch: int, train_cfg: TrainConfig, losses: list[float]
+) -> dict[str, Any]:
+    """Everything needed to resume training or rebuild the model for evaluation."""
+    return {
+        "epoch": epoch,
+        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
+        "optimizer": optimizer.state_dict(),
+        "config": model.config.to_dict(),
+        "input_dims": model.input_dims,
+        "train_config": asdict(train_cfg),
+        "losses": list(losses),
+    }
+
+
+def train(
+    model: CSCF,
+    data: TrainData,
+    cfg: TrainConfig,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+    log: Callable[[str], None] | None = None,
+) -> tuple[CSCF, list[float]]:
+    """Train with Adam on eq. 10; returns the model (on CPU, eval mode) and per-epoch mean losses."""
+    device = resolve_device(cfg.device)
+    model.fit_input_stats(data.features)
+    model.to(device)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    start, losses = 0, []
+    if resume is not None:
+        model.load_state_dict(resume["model"])
+        optimizer.load_state_dict(resume["optimizer"])
+        start, losses = resume["epoch"] + 1, list(resume["losses"])
+    use_amp = cfg.amp and device.type == "cuda"
+    for epoch in range(start, cfg.epochs):
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        model.train()
+        total, steps = 0.0, 0
+        for idx in zip(*_epoch_batches(data, cfg.batch_size, generator)):
+            feats, labels, present = _step_batch(data, list(idx), device)
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
+                out = model(feats, present)
+            loss = model.loss(out, labels, present)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            total, steps = total + loss.item(), steps + 1
+        losses.append(total / max(steps, 1))
+        if log:
+            log(f"epoch {epoch + 1}/{cfg.epochs} loss {losses[-1]:.4f}")
+        if on_epoch_end:
+            on_epoch_end(checkpoint_state(model, optimizer, epoch, cfg, losses))
+    model.to("cpu").eval()
+    return model, losses

@@ -1,0 +1,172 @@
+"""The data layer: every dataset the pipeline reads or writes, its schema and its path.
+
+Stages never call pyarrow or open files themselves; they ask this module. That keeps
+the formats in one place (as Kedro's catalog does) and guarantees that every output
+is written atomically: a crash leaves either the old file or nothing, never half a
+table.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+DATA_DIR = REPO_ROOT / "data"
+DEFAULT_WORKSPACE = DATA_DIR / "workspace"
+
+_VECTOR = pa.list_(pa.float32())
+_UMASK = os.umask(0)
+os.umask(_UMASK)
+
+# Long-form features, one row per (sample, modality): CONTRACTS section 1.
+FEATURES = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("class_name", pa.string()),
+        ("modality", pa.string()),
+        ("vector", _VECTOR),
+        ("split", pa.string()),
+    ]
+)
+
+# Features extracted from media files: FEATURES plus the encoder that made each vector,
+# so that vectors of different encoders are never mixed unknowingly.
+MEDIA_FEATURES = pa.schema(
+    list(FEATURES) + [("encoder", pa.string()), ("encoder_version", pa.string())]
+)
+
+# Media files the extraction stage could not read, one row per (sample, modality).
+EXTRACTION_FAILURES = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("path", pa.string()),
+        ("modality", pa.string()),
+        ("reason", pa.string()),
+    ]
+)
+
+# One text per class; `source` says where it came from (user, offline, llm:<model>, published).
+DESCRIPTIONS = pa.schema(
+    [
+        ("class_name", pa.string()),
+        ("description", pa.string()),
+        ("source", pa.string()),
+    ]
+)
+
+# The semantic vector c_i of every class (paper eq. 11), in classes.csv order.
+CLASS_EMBEDDINGS = pa.schema(
+    [
+        ("class_name", pa.string()),
+        ("vector", _VECTOR),
+        ("encoder", pa.string()),
+    ]
+)
+
+# The MMHCL split: which modality saw which class, and which samples train or test.
+CLASS_SPLIT = pa.schema(
+    [
+        ("class_name", pa.string()),
+        ("seen_by", pa.string()),  # the modality that saw this class in training
+        ("role", pa.string()),  # "A" or "B": which of the two modalities that is
+    ]
+)
+SAMPLE_SPLIT = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("class_name", pa.string()),
+        ("split", pa.string()),
+    ]
+)
+
+# Per-sample, per-method predictions of the evaluation stage.
+PREDICTIONS = pa.schema(
+    [
+        ("method", pa.string()),
+        ("subset", pa.string()),
+        ("sample_id", pa.string()),
+        ("true_class", pa.string()),
+        ("predicted_class", pa.string()),
+        ("dominant", pa.string()),
+        ("u_a", pa.float32()),
+        ("u_b", pa.float32()),
+    ]
+)
+
+
+def stage_dir(workspace: Path, stage: str) -> Path:
+    """Folder holding every cached output of one stage."""
+    return Path(workspace) / stage
+
+
+def stage_output(workspace: Path, stage: str, key: str, suffix: str = ".parquet") -> Path:
+    """The path of a stage output, named by its cache key so that stale files cannot be reused."""
+    return stage_dir(workspace, stage) / f"{key}{suffix}"
+
+
+@contextlib.contextmanager
+def atomic_path(path: Path) -> Iterator[Path]:
+    """Yield a temporary sibling of `path`; rename it onto `path` only if the block succeeds."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.chmod(tmp_path, 0o666 & ~_UMASK)  # mkstemp makes 0600; outputs are ordinary files
+        os.replace(tmp_path, path)
+    finally:
+        if tmp_path.exists():
+            tmp_path.unlink()
+
+
+def write_table(table: pa.Table, path: Path, schema: pa.Schema) -> Path:
+    """Write `table` cast to `schema` as Parquet, atomically."""
+    table = table.select(schema.names).cast(schema)
+    with atomic_path(path) as tmp:
+        pq.write_table(table, tmp)
+    return Path(path)
+
+
+def read_table(path: Path, schema: pa.Schema | None = None) -> pa.Table:
+    """Read a Parquet file (or folder of files) written by a stage, checking its schema."""
+    table = pq.read_table(path)
+    if schema is not None:
+        missing = [n for n in schema.names if n not in table.column_names]
+        if missing:
+            raise ValueError(f"{path}: missing columns {missing}")
+        table = table.select(schema.names).cast(schema)
+    return table
+
+
+def write_json(obj: Any, path: Path) -> Path:
+    """Write JSON atomically (metrics, resolved configs)."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    return Path(path)
+
+
+def write_text(text: str, path: Path) -> Path:
+    """Write a text file (report.md) atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+# Rows the features stage refused, and why (CONTRACTS section 1: nothing silently dropped).
+REJECTED = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("modality", pa.string()),
+        ("class_name", pa.string()),
+        ("reason", pa.string()),
+    ]
+)

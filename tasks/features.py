@@ -1,0 +1,133 @@
+"""Features stage: bring-your-own feature vectors (CONTRACTS section 1), validated.
+
+Input is long form, one row per (sample, modality). Bad rows are not fatal: each is
+written to a `rejected` table with its reason, counted in the log with example ids,
+and left out. Only when nothing usable remains does the stage stop.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as ds
+
+from . import catalog
+
+log = logging.getLogger("cscf.features")
+
+REQUIRED = ("sample_id", "class_name", "modality", "vector")
+
+
+class InputError(ValueError):
+    """A user input that cannot be used; the message names the file, row or class."""
+
+
+def read_classes(path: str | Path) -> pd.DataFrame:
+    """classes.csv with a unique, non-empty `class_name` column (optional `description`)."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: classes file not found")
+    try:
+        df = pd.read_csv(path, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as e:
+        raise InputError(f"{path}: not a readable CSV ({e})") from e
+    if "class_name" not in df.columns:
+        raise InputError(f"{path}: missing required column 'class_name' (has {list(df.columns)})")
+    df["class_name"] = df["class_name"].str.strip()
+    empty = df.index[df["class_name"] == ""].tolist()
+    if empty:
+        raise InputError(f"{path}: empty class_name on row(s) {[i + 2 for i in empty[:5]]}")
+    dup = df["class_name"][df["class_name"].duplicated()].unique().tolist()
+    if dup:
+        raise InputError(f"{path}: duplicated class_name {dup[:5]}")
+    return df
+
+
+def read_features(path: str | Path) -> pa.Table:
+    """A Parquet file or folder of Parquet files, with the vector column as list<float32>."""
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"{path}: features file or folder not found")
+    try:
+        table = ds.dataset(path, format="parquet").to_table()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise InputError(f"{path}: not readable as Parquet ({e})") from e
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise InputError(f"{path}: missing required column(s) {missing} (has {table.column_names})")
+    vtype = table.schema.field("vector").type
+    if not (pa.types.is_list(vtype) or pa.types.is_fixed_size_list(vtype) or pa.types.is_large_list(vtype)):
+        raise InputError(f"{path}: column 'vector' must be a list of floats, got {vtype}")
+    if not (pa.types.is_floating(vtype.value_type) or pa.types.is_integer(vtype.value_type)):
+        raise InputError(f"{path}: column 'vector' must hold floats, got {vtype}")
+    cols = {c: table[c].cast(pa.string()) for c in ("sample_id", "class_name", "modality")}
+    cols["vector"] = table["vector"].cast(pa.list_(pa.float32()))
+    cols["split"] = table["split"].cast(pa.string()) if "split" in table.column_names else pa.nulls(len(table), pa.string())
+    return pa.table(cols, schema=catalog.FEATURES)
+
+
+def find_bad_rows(table: pa.Table, class_names: set[str]) -> pd.Series:
+    """The reason each row is unusable ("" for good rows); the first failed check wins.
+
+    The expected vector length of a modality is its most common length.
+    """
+    meta = table.select(["sample_id", "class_name", "modality", "split"]).to_pandas()
+    reason = pd.Series("", index=meta.index, dtype=object)
+
+    def flag(mask: pd.Series | np.ndarray, why: str) -> None:
+        reason[pd.Series(mask, index=meta.index) & (reason == "")] = why
+
+    flag(meta["sample_id"].isna() | (meta["sample_id"] == ""), "empty sample_id")
+    flag(meta["modality"].isna() | (meta["modality"] == ""), "empty modality")
+    flag(~meta["class_name"].isin(class_names), "unknown class")
+    flag(meta["split"].notna() & ~meta["split"].isin(["train", "test"]), "split not train/test")
+    lengths = pc.list_value_length(table["vector"]).to_pandas().fillna(0).astype(int)
+    expected = lengths.groupby(meta["modality"]).agg(lambda s: s.mode().iloc[0])
+    flag(lengths != meta["modality"].map(expected), "wrong vector length")
+    flat = pc.list_flatten(table["vector"]).to_numpy(zero_copy_only=False)
+    owner = np.repeat(np.arange(len(table)), lengths.to_numpy())
+    nonfinite = np.zeros(len(table), dtype=bool)
+    nonfinite[owner[~np.isfinite(flat)]] = True
+    flag(nonfinite, "NaN or inf in vector")
+    flag(meta.duplicated(["sample_id", "modality"], keep="first"), "duplicated (sample_id, modality)")
+    labels = meta[reason == ""].groupby("sample_id")["class_name"].nunique()
+    flag(meta["sample_id"].isin(labels.index[labels > 1]), "class_name differs across modalities")
+    return reason
+
+
+def validate_features(table: pa.Table, class_names: set[str], source: str) -> tuple[pa.Table, pa.Table]:
+    """Split `table` into usable rows and rejected rows (with reasons); log a count per reason."""
+    reason = find_bad_rows(table, class_names)
+    bad = (reason != "").to_numpy()
+    rejected = table.filter(pa.array(bad)).select(["sample_id", "modality", "class_name"])
+    rejected = rejected.append_column("reason", pa.array(reason[bad].tolist(), pa.string()))
+    for why, rows in rejected.to_pandas().groupby("reason"):
+        log.warning(
+            "%s: %d row(s) rejected: %s (e.g. sample_id %s, class %s, modality %s)",
+            source, len(rows), why, rows["sample_id"].head(3).tolist(),
+            rows["class_name"].head(3).tolist(), rows["modality"].head(3).tolist(),
+        )
+    good = table.filter(pa.array(~bad))
+    if len(good) == 0:
+        raise InputError(f"{source}: no usable rows left ({int(bad.sum())} rejected: see the warnings above)")
+    return good, rejected
+
+
+def build_features(workspace: Path, key: str, features: str | None, classes: str, default_seed: int) -> None:
+    """Validate the user's features (or make the embedded default dataset) into the workspace."""
+    class_names = set(read_classes(classes)["class_name"])
+    if features is None:
+        from .default_dataset import make_default_dataset
+
+        table, source = make_default_dataset(seed=default_seed), "embedded default dataset"
+    else:
+        table, source = read_features(features), str(features)
+    good, rejected = validate_features(table, class_names, source)
+    catalog.write_table(rejected, catalog.stage_output(workspace, "features", key, ".rejected.parquet"), catalog.REJECTED)
+    catalog.write_table(good, catalog.stage_output(workspace, "features", key), catalog.FEATURES)
+    log.info("%s: %d rows, modalities %s", source, len(good), sorted(set(good["modality"].to_pylist())))

@@ -1,0 +1,91 @@
+"""The pipeline's stages as Prefect tasks: thin wrappers around the plain functions.
+
+Each task takes the workspace, its parameters and the *keys* of upstream stages, and
+returns its own key. Caching is `StageCachePolicy`: the same key as the files on
+disk, so a stage run alone and the full pipeline share one cache.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import task
+
+from . import caching
+from .caching import Stage, StageCachePolicy
+from .descriptions import DescriptionSettings, generate_descriptions
+from .embeddings import build_class_embeddings
+from .evaluate import build_evaluation
+from .features import build_features, read_classes
+from .split import build_split
+from .train import build_training
+from . import catalog
+
+
+def build_descriptions(workspace: Path, key: str, classes: str, settings: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """Descriptions stage. `fingerprint` (settings.cache_fields()) only feeds the cache key:
+    it holds the template's content hash and the resolved LLM/offline mode."""
+    table = generate_descriptions(
+        read_classes(classes), DescriptionSettings(**settings), catalog.stage_dir(workspace, "descriptions") / "per-class"
+    )
+    catalog.write_table(table, catalog.stage_output(workspace, "descriptions", key), catalog.DESCRIPTIONS)
+
+
+FEATURES = Stage("features", build_features, (".parquet", ".rejected.parquet"), files=("features", "classes"), code=("tasks.default_dataset",))
+DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), code=("tasks.descriptions", "tasks.llm_client"))
+CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.text_encoders",))
+SPLIT = Stage("split", build_split, (".classes.parquet", ".samples.parquet"), files=("classes",))
+TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.mmhcl_data"))
+EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md"),
+                 code=("cscf_model", "tasks.mmhcl_data", "tasks.report"))
+STAGES = {s.name: s for s in (FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE)}
+
+
+def _options(stage: Stage) -> dict[str, Any]:
+    return {"name": stage.name, "cache_policy": StageCachePolicy(stage=stage), "persist_result": True}
+
+
+@task(**_options(FEATURES))
+def features_task(workspace: str, features: str | None, classes: str, default_seed: int) -> str:
+    return FEATURES.run(locals())
+
+
+@task(**_options(DESCRIPTIONS), retries=1)
+def descriptions_task(workspace: str, classes: str, settings: dict[str, Any], fingerprint: dict[str, Any]) -> str:
+    return DESCRIPTIONS.run(locals())
+
+
+@task(**_options(CLASS_EMBEDDINGS))
+def class_embeddings_task(workspace: str, descriptions_key: str, encoder: str) -> str:
+    return CLASS_EMBEDDINGS.run(locals())
+
+
+@task(**_options(SPLIT))
+def split_task(workspace: str, features_key: str, classes: str, modalities: list[str] | None, seed: int) -> str:
+    return SPLIT.run(locals())
+
+
+@task(**_options(TRAIN))
+def train_task(
+    workspace: str,
+    features_key: str,
+    split_key: str,
+    embeddings_key: str,
+    method: str,
+    model_overrides: dict[str, Any],
+    train_config: dict[str, Any],
+) -> str:
+    return TRAIN.run(locals())
+
+
+@task(**_options(EVALUATE))
+def evaluate_task(
+    workspace: str, features_key: str, split_key: str, embeddings_key: str, trained: dict[str, str], dataset: str, seed: int
+) -> str:
+    return EVALUATE.run(locals())
+
+
+def results_dir(workspace: str | Path) -> Path:
+    """Where Prefect keeps its result records for this workspace."""
+    return Path(workspace) / caching.RESULTS_DIR
