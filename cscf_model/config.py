@@ -83,6 +83,9 @@ def _mapper(m: MapperConfig | dict[str, Any]) -> MapperConfig:
     if isinstance(m, MapperConfig):
         return m
     m = dict(m)
+    unknown = sorted(set(m) - {f.name for f in dataclasses.fields(MapperConfig)})
+    if unknown:
+        raise ValueError(f"unknown mapper config keys {unknown}")
     if "hidden" in m:
         m["hidden"] = tuple(m["hidden"])
     return MapperConfig(**m)

@@ -8,6 +8,7 @@ resumed run ends with the same weights as an uninterrupted one.
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable
@@ -89,11 +90,14 @@ def _step_batch(
 def checkpoint_state(
     model: CSCF, optimizer: torch.optim.Optimizer, epoch: int, train_cfg: TrainConfig, losses: list[float]
 ) -> dict[str, Any]:
-    """Everything needed to resume training or rebuild the model for evaluation."""
+    """Everything needed to resume training or rebuild the model for evaluation.
+
+    A snapshot: tensors are copied, so a state kept in memory does not follow training.
+    """
     return {
         "epoch": epoch,
-        "model": {k: v.detach().cpu() for k, v in model.state_dict().items()},
-        "optimizer": optimizer.state_dict(),
+        "model": {k: v.detach().cpu().clone() for k, v in model.state_dict().items()},
+        "optimizer": copy.deepcopy(optimizer.state_dict()),
         "config": model.config.to_dict(),
         "input_dims": model.input_dims,
         "train_config": asdict(train_cfg),

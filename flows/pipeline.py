@@ -22,16 +22,17 @@ from tasks.evaluate import publish
 from .params import PipelineParams
 
 
-def _call(task: Any, params: PipelineParams, states: dict[str, str], **kwargs: Any) -> str:
-    """Run one stage with this workspace's result storage; record whether it was cached."""
+def _call(task: Any, params: PipelineParams, runs: dict[str, dict[str, str]], **kwargs: Any) -> str:
+    """Run one stage with this workspace's result storage; record its key and final state."""
     name = task.name
     configured = task.with_options(
         result_storage=stages.results_dir(params.workspace), refresh_cache=name in params.refresh
     )
     state: State = configured(workspace=params.workspace, **kwargs, return_state=True)
     label = f"{name}[{kwargs['method']}]" if "method" in kwargs else name
-    states[label] = state.name
-    return state.result()
+    key = state.result()
+    runs[label] = {"state": state.name, "key": key}
+    return key
 
 
 @flow(name="cscf", log_prints=False)
@@ -41,26 +42,27 @@ def cscf(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     classes = params.classes_path()
     settings = DescriptionSettings(**{**params.llm.model_dump(), "template": Path(params.llm.template),
                                       "published_csv": params.llm.published_csv and Path(params.llm.published_csv)})
-    states: dict[str, str] = {}
+    runs: dict[str, dict[str, str]] = {}
 
-    features_key = _call(stages.features_task, params, states, features=params.features, classes=classes, default_seed=0)
-    descriptions_key = _call(stages.descriptions_task, params, states, classes=classes,
+    features_key = _call(stages.features_task, params, runs, features=params.features, classes=classes, default_seed=0)
+    descriptions_key = _call(stages.descriptions_task, params, runs, classes=classes,
                              settings=params.llm.model_dump(), fingerprint=settings.cache_fields())
-    embeddings_key = _call(stages.class_embeddings_task, params, states, descriptions_key=descriptions_key, encoder=params.encoder)
-    split_key = _call(stages.split_task, params, states, features_key=features_key, classes=classes,
+    embeddings_key = _call(stages.class_embeddings_task, params, runs, descriptions_key=descriptions_key, encoder=params.encoder)
+    split_key = _call(stages.split_task, params, runs, features_key=features_key, classes=classes,
                       modalities=params.modalities, seed=params.seed)
     train_cfg = asdict(TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
                                    seed=params.seed, device=params.device))
     trained = {
-        method: _call(stages.train_task, params, states, features_key=features_key, split_key=split_key,
+        method: _call(stages.train_task, params, runs, features_key=features_key, split_key=split_key,
                       embeddings_key=embeddings_key, method=method,
                       model_overrides={"top_k": params.top_k} if method == "CSCF" else {}, train_config=train_cfg)
         for method in ("B", "CSCF")
     }
-    evaluate_key = _call(stages.evaluate_task, params, states, features_key=features_key, split_key=split_key,
+    evaluate_key = _call(stages.evaluate_task, params, runs, features_key=features_key, split_key=split_key,
                          embeddings_key=embeddings_key, trained=trained, dataset=params.dataset_name(), seed=params.seed)
 
+    states = {name: r["state"] for name, r in runs.items()}
     logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))
     outputs = publish(Path(params.workspace), evaluate_key, Path(params.out)) if params.out else {}
-    return {"states": states, "evaluate_key": evaluate_key, "outputs": {k: str(v) for k, v in outputs.items()}}
+    return {"states": states, "keys": {name: r["key"] for name, r in runs.items()}, "outputs": {k: str(v) for k, v in outputs.items()}}
 

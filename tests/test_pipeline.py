@@ -1,0 +1,145 @@
+"""The whole `cscf` flow on a tiny dataset: outputs, caching, reruns, resume, errors."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from tiny_data import write_dataset
+
+METRIC_KEYS = {"A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix"}
+EPOCHS = "4"
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_dataset(tmp_path_factory.mktemp("tiny"))
+
+
+@pytest.fixture(scope="module")
+def first_run(dataset, prefect_server, tmp_path_factory):
+    """One complete `cscf run` through the command line; later tests rerun on its workspace."""
+    from flows.cli import main
+
+    features, classes = dataset
+    root = tmp_path_factory.mktemp("run")
+    argv = ["run", "--features", str(features), "--classes", str(classes), "--modalities", "audio,video",
+            "--seed", "0", "--out", str(root / "out"), "--workspace", str(root / "ws"), "--epochs", EPOCHS]
+    assert main(argv) == 0
+    return root, argv
+
+
+def _run_flow(root: Path, dataset, **changes) -> dict:
+    from flows.params import PipelineParams
+    from flows.pipeline import cscf
+
+    features, classes = dataset
+    params = PipelineParams(features=str(features), classes=str(classes), modalities=["audio", "video"],
+                            workspace=str(root / "ws"), epochs=int(EPOCHS), **changes)
+    return cscf(params)
+
+
+def test_run_writes_contract_metrics_and_report(first_run):
+    root, _ = first_run
+    metrics = json.loads((root / "out" / "metrics.json").read_text())
+    assert metrics["dataset"] == "features"
+    assert metrics["modalities"] == ["audio", "video"]
+    assert metrics["seed"] == 0
+    assert set(metrics["classes"]) == {"A_seen", "B_seen"}
+    assert not set(metrics["classes"]["A_seen"]) & set(metrics["classes"]["B_seen"])
+    assert set(metrics["methods"]) >= {"CSCF", "B", "B+O", "B+O+D"}
+    for scores in metrics["methods"].values():
+        assert set(scores) == METRIC_KEYS
+    assert 0 <= metrics["diagnostics"]["dmss_routing_accuracy"] <= 100
+    report = (root / "out" / "report.md").read_text()
+    cscf = metrics["methods"]["CSCF"]
+    assert f"{cscf['A_s+B_u']:.2f}" in report and f"{cscf['acc_mix']:.2f}" in report
+    # seen classes are learned even in 4 epochs on this easy data
+    assert cscf["A_s"] > 60 and cscf["B_s"] > 60
+
+
+def test_second_run_recomputes_nothing(first_run, dataset):
+    root, _ = first_run
+    states = _run_flow(root, dataset)["states"]
+    assert set(states.values()) == {"Cached"}, states
+
+
+def test_new_seed_reuses_what_does_not_depend_on_it(first_run, dataset):
+    root, _ = first_run
+    states = _run_flow(root, dataset, seed=1)["states"]
+    assert states["features"] == states["descriptions"] == states["class_embeddings"] == "Cached"
+    assert states["split"] == states["train[CSCF]"] == states["evaluate"] == "Completed"
+
+
+def test_deleted_output_is_rebuilt(first_run, dataset):
+    root, _ = first_run
+    for f in (root / "ws" / "split").glob("*.samples.parquet"):
+        f.unlink()
+    states = _run_flow(root, dataset)["states"]
+    assert states["split"] == "Completed"
+    assert states["train[CSCF]"] == "Cached"  # same split content -> same key downstream
+
+
+def test_refresh_forces_one_stage(first_run, dataset):
+    root, _ = first_run
+    states = _run_flow(root, dataset, refresh=["class_embeddings"])["states"]
+    assert states["class_embeddings"] == "Completed"
+    assert states["features"] == states["train[CSCF]"] == "Cached"
+
+
+def test_interrupted_training_resumes_from_last_checkpoint(first_run, dataset, monkeypatch, caplog, tmp_path):
+    """Crash after the 2nd epoch checkpoint; the rerun resumes and ends where a clean run ends."""
+    from tasks import train as train_stage
+    from tasks.stages import TRAIN
+
+    root, _ = first_run
+    ws = root / "ws"
+    keys = _run_flow(root, dataset)["keys"]
+    params = _train_params(ws, keys)
+    saved = []
+    real_save = train_stage._save
+
+    def crash_after_two(state, path):
+        real_save(state, path)
+        saved.append(path)
+        if len(saved) == 2:
+            raise KeyboardInterrupt("simulated crash")
+
+    fresh = tmp_path / "ws"
+    shutil.copytree(ws, fresh, ignore=shutil.ignore_patterns("train", "evaluate"))
+    params["workspace"] = fresh
+    monkeypatch.setattr(train_stage, "_save", crash_after_two)
+    with pytest.raises(KeyboardInterrupt):
+        TRAIN.run(params)
+    key = TRAIN.key(params)
+    assert not (fresh / "train" / f"{key}.pt").exists()
+    assert max(p.name for p in (fresh / "train" / f"{key}.partial").iterdir()) == "epoch-0001.pt"
+    monkeypatch.setattr(train_stage, "_save", real_save)
+    with caplog.at_level("INFO", logger="cscf.train"):
+        TRAIN.run(params)
+    assert "resuming from epoch 2" in caplog.text
+    resumed = torch.load(fresh / "train" / f"{key}.pt", weights_only=False)["model"]
+    assert key == keys["train[CSCF]"]
+    clean = torch.load(ws / "train" / f"{key}.pt", weights_only=False)["model"]
+    assert all(torch.equal(resumed[k], clean[k]) for k in clean)
+
+
+def _train_params(ws: Path, keys: dict[str, str]) -> dict:
+    """The CSCF training parameters of the first run, as the flow passed them."""
+    from dataclasses import asdict
+
+    from cscf_model import TrainConfig
+
+    return {
+        "workspace": ws,
+        "features_key": keys["features"],
+        "split_key": keys["split"],
+        "embeddings_key": keys["class_embeddings"],
+        "method": "CSCF",
+        "model_overrides": {"top_k": 3},
+        "train_config": asdict(TrainConfig(epochs=int(EPOCHS), seed=0)),
+    }
