@@ -74,7 +74,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         params = _params(args)
-        params.classes_path()
+        params.check_inputs()
         from flows.pipeline import cscf
 
         result = cscf(params)

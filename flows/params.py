@@ -66,5 +66,13 @@ class PipelineParams(BaseModel):
             raise ValueError("--classes is required with --features")
         return str(Path(self.classes)) if self.classes else str(default_classes_path())
 
+    def check_inputs(self) -> None:
+        """Fail before any stage starts when an input file is missing."""
+        named = {"features": self.features, "classes": self.classes_path(),
+                 "template": self.llm.template, "published descriptions": self.llm.published_csv}
+        for what, path in named.items():
+            if path and not Path(path).exists():
+                raise FileNotFoundError(f"{path}: {what} file not found")
+
     def dataset_name(self) -> str:
         return Path(self.features).stem if self.features else "default"
