@@ -170,17 +170,18 @@ class CSCF(nn.Module):
         self.log_scale = nn.Parameter(
             torch.tensor(math.log(config.logit_scale)), requires_grad=config.learn_scale
         )
+
+    @property
+    def s_prune(self) -> torch.Tensor:
+        """(M, N, N): the pruned similarity matrix S^m of every modality (eqs. 8-9).
+
+        Computed from the config on use (an N x N top-k is cheap), so changing top_k or
+        csmf_weights on a trained model, as the top-k sweep does, needs no retraining.
+        """
         sim = class_similarity(self.class_emb)
-        self.register_buffer(
-            "s_prune",
-            torch.stack(
-                [
-                    pruned_similarity(
-                        sim, seen_m, config.top_k, config.csmf_weights, config.csmf_normalize
-                    )
-                    for seen_m in self.seen
-                ]
-            ),
+        cfg = self.config
+        return torch.stack(
+            [pruned_similarity(sim, seen_m, cfg.top_k, cfg.csmf_weights, cfg.csmf_normalize) for seen_m in self.seen]
         )
 
     @torch.no_grad()

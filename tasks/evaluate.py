@@ -8,7 +8,7 @@ paper's Table 2, where modules are added to one model).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import pyarrow as pa
 import torch
@@ -24,26 +24,40 @@ from .report import render_report
 METHODS = {"B": ("B", "mean"), "B+O": ("CSCF", "mean"), "B+O+D": ("CSCF", "dominant"), "CSCF": ("CSCF", "csmf")}
 
 
+# A method under evaluation: (features per modality, presence (B, M)) ->
+# (scores (B, N), dominant modality (B,), DMSS uncertainty (M, B) or None).
+Predict = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+
+
+def cscf_predict(model: torch.nn.Module, fusion: str) -> Predict:
+    """CSCF (or an ablation, by `fusion`) as a Predict function."""
+
+    def predict(feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        out = model(feats, present, fusion=fusion)
+        return out.fused, out.dominant, out.u
+
+    return predict
+
+
 @torch.no_grad()
-def evaluate_method(model: torch.nn.Module, data: MMHCLData, fusion: str) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
-    """Accuracy on every subset, the per-sample rows, and routing accuracies."""
+def evaluate_method(predict: Predict, data: MMHCLData) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
+    """Accuracy on every Table 1 subset, the per-sample rows, and DMSS routing accuracies."""
     test, scores, rows, routing = data.test, {}, [], {}
     for sub in subsets(test.seen_by, test.available):
-        feats = [x[sub.rows] for x in test.features]
-        out = model(feats, sub.present, fusion=fusion)
-        pred, labels = out.fused.argmax(-1), test.labels[sub.rows]
+        scores_b, dominant, u = predict([x[sub.rows] for x in test.features], sub.present)
+        pred, labels = scores_b.argmax(-1), test.labels[sub.rows]
         scores[sub.name] = accuracy(pred, labels)
         if sub.present.all() and len(sub.rows):
-            routing[sub.name] = routing_accuracy(out.dominant, test.seen_by[sub.rows])
+            routing[sub.name] = routing_accuracy(dominant, test.seen_by[sub.rows])
         for i, r in enumerate(sub.rows.tolist()):
             rows.append({
                 "subset": sub.name,
                 "sample_id": test.sample_ids[r],
                 "true_class": data.class_names[int(labels[i])],
                 "predicted_class": data.class_names[int(pred[i])],
-                "dominant": data.modalities[int(out.dominant[i])],
-                "u_a": float(out.u[0, i]),
-                "u_b": float(out.u[1, i]),
+                "dominant": data.modalities[int(dominant[i])],
+                "u_a": None if u is None else float(u[0, i]),
+                "u_b": None if u is None else float(u[1, i]),
             })
     scores["acc_mix"] = acc_mix(scores)
     return scores, rows, routing
@@ -70,7 +84,7 @@ def build_evaluation(
     }
     methods, predictions, diagnostics = {}, [], {}
     for method, (model_name, fusion) in METHODS.items():
-        scores, rows, routing = evaluate_method(models[model_name], data, fusion)
+        scores, rows, routing = evaluate_method(cscf_predict(models[model_name], fusion), data)
         methods[method] = scores
         predictions += [{"method": method, **r} for r in rows]
         if method == "CSCF":
