@@ -39,7 +39,7 @@ _REGISTRY: dict[str, Callable[[list[int], torch.Tensor, torch.Tensor], Baseline]
 def create_baseline(name: str, input_dims: list[int], class_emb: torch.Tensor, seen: torch.Tensor) -> Baseline:
     """Build baseline `name` (one of BASELINES) for modalities of `input_dims` features,
     class semantic vectors class_emb (N, d_s) and seen (M, N), the classes each modality
-    saw in training."""
+    saw in training. Returned in eval mode, so a state_dict loaded into it predicts at once."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown baseline {name!r}; known: {list(BASELINES)}")
     if class_emb.ndim != 2:
@@ -48,7 +48,7 @@ def create_baseline(name: str, input_dims: list[int], class_emb: torch.Tensor, s
         raise ValueError(
             f"seen must be (modalities={len(input_dims)}, classes={class_emb.shape[0]}), got {tuple(seen.shape)}"
         )
-    return _REGISTRY[name](list(input_dims), class_emb, seen)
+    return _REGISTRY[name](list(input_dims), class_emb, seen).eval()
 
 
 __all__ = ["BASELINES", "Baseline", "BaselineOutput", "create_baseline"]

@@ -114,7 +114,9 @@ class Baseline(nn.Module):
                 raise ValueError(f"modality {m}: labels must lie in [0, {self.n_classes}), got {y.min()}..{y.max()}")
             unseen = y[~self.seen[m].cpu()[y]]
             if len(unseen):
-                raise ValueError(f"modality {m}: training labels {sorted(set(unseen.tolist()))} are not its seen classes")
+                raise ValueError(
+                    f"modality {m}: training labels {sorted(set(unseen.tolist()))} are not its seen classes"
+                )
 
 
 # ----------------------------------------------------------------------------- building blocks

@@ -56,7 +56,9 @@ class DSECNModel(UnimodalZSL):
         super().__init__(d_in, enrich(class_emb, K_NEIGHBOURS, BLEND), seen)
         d_s = self.sem.shape[1]
         block = lambda a, b: [nn.Linear(a, b), nn.Dropout(0.3), nn.LayerNorm(b), nn.ReLU()]  # noqa: E731
-        self.s2v = nn.Sequential(*block(d_s, HIDDEN), *block(HIDDEN, HIDDEN), nn.Linear(HIDDEN, d_in), nn.LayerNorm(d_in))
+        self.s2v = nn.Sequential(
+            *block(d_s, HIDDEN), *block(HIDDEN, HIDDEN), nn.Linear(HIDDEN, d_in), nn.LayerNorm(d_in)
+        )
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return SCALE * F.normalize(x, dim=-1) @ F.normalize(self.s2v(self.sem), dim=-1).T

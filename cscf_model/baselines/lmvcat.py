@@ -24,8 +24,9 @@ Deviations from the original:
   encoder layer over [sample token, N class tokens] for every sample, O(B N D^2) with
   its feed-forward block. Here the class tokens pass one encoder layer among
   themselves (sample-independent, once per batch), then attend to the sample's present
-  view tokens (one attention step, no feed-forward, O(B N D)); each class token's
-  linear classifier gives that class's logit. The test prediction averages the
+  view tokens (one attention step with a residual, no feed-forward or norm, so the
+  per-class linear classifiers can be applied in O(B N M D) without forming B x N
+  tokens). The test prediction averages the
   probabilities of the sample-token and class-token heads (the original reads the
   sample token, which in its design has attended to the class tokens).
 - d_model 128 and two view-transformer layers (the original: 512 and 6); Adam as
@@ -47,14 +48,15 @@ ALPHA, BETA, GAMMA = 10.0, 0.1, 2  # the repository's grid values
 def label_guided_loss(tokens: torch.Tensor, labels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """BCE between (1 + cos)/2 of two samples' view tokens and [same label], per view,
     over pairs of distinct samples that both have the view.  tokens (B, V, D)."""
-    z = F.normalize(tokens, dim=-1).transpose(0, 1)  # (V, B, D)
-    sim = ((1 + z @ z.transpose(1, 2)) / 2).clamp(1e-5, 1 - 1e-5)  # (V, B, B)
-    target = (labels[:, None] == labels[None, :]).float().expand_as(sim)
-    pairs = present.T[:, :, None] & present.T[:, None, :]
-    pairs = pairs & ~torch.eye(len(labels), dtype=torch.bool, device=labels.device)
-    bce = F.binary_cross_entropy(sim, target, reduction="none")
-    per_view = (bce * pairs).sum((1, 2)) / pairs.sum((1, 2)).clamp_min(1)
-    return 0.5 * per_view.mean()
+    per_view = []
+    for v, rows in enumerate(present.T):
+        if rows.sum() < 2:
+            continue
+        z, y = F.normalize(tokens[rows, v], dim=-1), labels[rows]
+        sim = ((1 + z @ z.T) / 2).clamp(1e-5, 1 - 1e-5)
+        off_diagonal = ~torch.eye(len(y), dtype=torch.bool, device=y.device)
+        per_view.append(F.binary_cross_entropy(sim[off_diagonal], (y[:, None] == y[None, :])[off_diagonal].float()))
+    return 0.5 * torch.stack(per_view).mean() if per_view else tokens.new_zeros(())
 
 
 class LMVCAT(Baseline):
@@ -70,7 +72,6 @@ class LMVCAT(Baseline):
         self.view_weight = nn.Parameter(torch.empty(m))
         self.class_tokens = nn.Parameter(torch.empty(n, D_MODEL))
         self.query, self.key, self.value = (nn.Linear(D_MODEL, D_MODEL) for _ in range(3))
-        self.class_norm = nn.LayerNorm(D_MODEL)
         self.class_w = nn.Parameter(torch.empty(n, D_MODEL))  # one linear classifier per class token
         self.class_b = nn.Parameter(torch.empty(n))
         self.head = nn.Linear(D_MODEL, n)
@@ -90,7 +91,7 @@ class LMVCAT(Baseline):
 
     def class_logits(self, tokens: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
         """Class tokens (after attending to each other) attend to the view tokens (B, M, D);
-        -> per-class logits (B, N), each from its own token's classifier."""
+        -> per-class logits (B, N), each from its own token's linear classifier w_n."""
         b, m, _ = tokens.shape
         dh = D_MODEL // HEADS
         cls = self.category_transformer(self.class_tokens[None])[0]  # (N, D), same for all samples
@@ -99,8 +100,11 @@ class LMVCAT(Baseline):
         v = self.value(tokens).view(b, m, HEADS, dh)
         att = torch.einsum("nhd,bmhd->bnhm", q, k) / dh**0.5
         att = att.masked_fill(key_padding(present)[:, None, None, :], -torch.inf).softmax(-1)
-        read = torch.einsum("bnhm,bmhd->bnhd", att, v).reshape(b, -1, D_MODEL)  # (B, N, D)
-        return (self.class_norm(cls + read) * self.class_w).sum(-1) + self.class_b
+        # logit_n = w_n . (cls_n + read_n) with read_n = concat_h sum_m att[b,n,h,m] v[b,m,h];
+        # by linearity w_n . read_n = sum_{h,m} att[b,n,h,m] (w_n^h . v[b,m,h]), which never
+        # forms the (B, N, D) tensor of reads.
+        w_dot_v = torch.einsum("nhd,bmhd->bnhm", self.class_w.view(-1, HEADS, dh), v)
+        return (cls * self.class_w).sum(-1) + (att * w_dot_v).sum((2, 3)) + self.class_b
 
     def forward(self, feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """-> sample-token logits (B, N), class-token logits (B, N), view tokens (B, M, D)."""

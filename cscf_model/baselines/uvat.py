@@ -47,7 +47,7 @@ class UVaT(Baseline):
     def init_extra(self) -> None:
         nn.init.normal_(self.view_emb, std=0.02)
 
-    def forward(self, feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    def forward(self, feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """-> fused logits (B, N), per-view Dirichlet alphas (B, M, N), uncertainties (B, M)."""
         tokens = torch.stack([e(x) for e, x in zip(self.embed, feats)], 1) + self.view_emb  # (B, M, D)
         tokens = self.transformer(tokens, src_key_padding_mask=key_padding(present))

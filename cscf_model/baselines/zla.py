@@ -15,13 +15,14 @@ Run as the CSCF paper runs it: one ZLA per modality, confidence selection for bi
 samples (common.ConfidencePair).
 
 Deviations from the original:
-- The generator is the decoder of a conditional VAE, not a WGAN-GP: with the 50 epochs
-  of appendix D a GAN on a few hundred samples per modality does not settle, a CVAE
-  does, with one Adam optimiser.
+- The generator is the decoder of a conditional VAE, not a WGAN-GP (critic, gradient
+  penalty, 5 critic steps per generator step, its own optimisers): a CVAE trains
+  stably with the single Adam optimiser and the 50 epochs of appendix D. (A GAN was
+  not tried here.)
 - Generator and classifier train jointly, step by step: each step draws fresh synthetic
   unseen features (detached) from the current generator, SYN_PER_CLASS per unseen class
-  per pass over the real data (the original's 10 per class, drawn once after the
-  generator has finished).
+  per pass over the real data (the original: 10 per class drawn after each generator
+  epoch, then a classifier trained from scratch on them).
 - r is not tuned per dataset (the authors use 30 to 1000, chosen on test-time H) but set
   to the seen:unseen sample ratio the classifier trains on (real samples : synthetic
   ones per pass), which makes the adjustment the plain balanced logit adjustment

@@ -1,0 +1,88 @@
+"""Figures of the paper's analysis, from a trained CSCF: Figure 4 (top-k sweep), Figure 7 (u per modality)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+
+from cscf_model import CSCF  # noqa: E402
+
+from . import catalog  # noqa: E402
+from .evaluate import cscf_predict, evaluate_method  # noqa: E402
+from .mmhcl_data import MMHCLData  # noqa: E402
+
+SWEEP_SUBSETS = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
+
+
+def topk_sweep(model: CSCF, data: MMHCLData, ks: list[int]) -> dict[str, dict[int, dict[str, float]]]:
+    """Figure 4: CSMF accuracy as top-k grows, with similarity weights and with uniform ones.
+
+    "w/o class similarity" keeps the same top-k classes but weighs them equally, so the
+    two curves differ only in whether S's values are used.
+    """
+    original = model.config
+    sweep: dict[str, dict[int, dict[str, float]]] = {"w/ class similarity": {}, "w/o class similarity": {}}
+    try:
+        for label, weights in (("w/ class similarity", "similarity"), ("w/o class similarity", "uniform")):
+            for k in ks:
+                model.config = original.replace(top_k=k, csmf_weights=weights)
+                scores, _, _ = evaluate_method(cscf_predict(model, "csmf"), data)
+                sweep[label][k] = {s: scores[s] for s in SWEEP_SUBSETS}
+    finally:
+        model.config = original
+    return sweep
+
+
+def plot_topk_sweep(sweep: dict[str, dict[int, dict[str, float]]], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(SWEEP_SUBSETS), figsize=(4 * len(SWEEP_SUBSETS), 3.2), sharex=True)
+    for ax, subset in zip(axes, SWEEP_SUBSETS):
+        for label, by_k in sweep.items():
+            ks = sorted(by_k)
+            ax.plot(ks, [by_k[k][subset] for k in ks], marker="o", label=label)
+        ax.set_title(subset)
+        ax.set_xlabel("top-k")
+        ax.set_ylabel("accuracy (%)")
+        ax.grid(alpha=0.3)
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Figure 4: CSMF top-k sweep")
+    return _save(fig, path)
+
+
+@torch.no_grad()
+def uncertainty_samples(model: CSCF, data: MMHCLData, n: int = 30, seed: int = 0) -> dict[str, torch.Tensor]:
+    """Figure 7: u of both modalities on n random bimodal test samples of A_s and of B_s classes."""
+    test, out = data.test, {}
+    g = torch.Generator().manual_seed(seed)
+    for role, name in ((0, "A_s classes"), (1, "B_s classes")):
+        rows = (test.available.all(1) & (test.seen_by == role)).nonzero().squeeze(1)
+        rows = rows[torch.randperm(len(rows), generator=g)[:n]]
+        res = model([x[rows] for x in test.features], torch.ones(len(rows), 2, dtype=torch.bool))
+        out[name] = res.u  # (2, n)
+    return out
+
+
+def plot_uncertainty(u: dict[str, torch.Tensor], modalities: list[str], path: Path) -> Path:
+    fig, axes = plt.subplots(1, len(u), figsize=(10, 3.2), sharey=True)
+    for ax, (name, values) in zip(axes, u.items()):
+        for m, modality in enumerate(modalities):
+            ax.plot(values[m].numpy(), marker=".", label=f"u of {modality} ({'AB'[m]})")
+        ax.set_title(f"test samples of {name}")
+        ax.set_xlabel("sample")
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("DMSS uncertainty u")
+    axes[0].legend(fontsize=8)
+    fig.suptitle("Figure 7: per-sample uncertainty of each modality")
+    return _save(fig, path)
+
+
+def _save(fig: plt.Figure, path: Path) -> Path:
+    fig.tight_layout()
+    with catalog.atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return path
