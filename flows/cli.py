@@ -1,8 +1,11 @@
-"""`cscf` command line (CONTRACTS section 2): runs the flow in-process, no server needed."""
+"""`cscf` command line (CONTRACTS section 2): runs the flow in-process, no server needed;
+`cscf query` runs SQL over the cached stage outputs (tasks/query.py)."""
 
 from __future__ import annotations
 
 import argparse
+import csv
+import json
 import logging
 import os
 import sys
@@ -28,19 +31,60 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscf", description="CSCF multimodal classification under heterogeneous category sets")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline on one dataset")
-    run.add_argument("--features", help="Parquet file or folder of features (default: the embedded dataset)")
-    run.add_argument("--classes", help="classes.csv (required with --features)")
-    run.add_argument("--modalities", help="A,B: the two modalities (default: first two sorted)")
+    _pipeline_args(run, out="out")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--out", default="out", help="folder for metrics.json and report.md")
-    run.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
-    run.add_argument("--llm", choices=("auto", "llm", "offline"), default="auto", help="description writer")
-    run.add_argument("--template", help="prompt template file for the LLM")
-    run.add_argument("--epochs", type=int, help="training epochs (default 50)")
-    run.add_argument("--top-k", type=int, help="CSMF top-k (default 3)")
-    run.add_argument("--device", help="auto, cpu or cuda")
-    run.add_argument("--refresh", action="append", default=[], metavar="STAGE", help="recompute this stage even if cached (repeatable)")
+    bench = sub.add_parser("benchmark", help="CSCF, its ablations and every baseline over several seeds")
+    _pipeline_args(bench, out="benchmark")
+    bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
+    bench.add_argument("--methods", help="comma-separated baselines (default: all seven)")
+    query = sub.add_parser("query", help="run SQL over the cached stage outputs (views: features, predictions, metrics, ...)")
+    query.add_argument("sql", help="a DuckDB query, e.g. \"select * from metrics where method = 'CSCF'\"")
+    query.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
+    query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     return p
+
+
+def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
+    """Data and training options shared by `run` and `benchmark`."""
+    p.add_argument("--features", help="Parquet file or folder of features (default: the embedded dataset)")
+    p.add_argument("--classes", help="classes.csv (required with --features)")
+    p.add_argument("--modalities", help="A,B: the two modalities (default: first two sorted)")
+    p.add_argument("--out", default=out, help=f"output folder (default: {out})")
+    p.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
+    p.add_argument("--llm", choices=("auto", "llm", "offline"), default="auto", help="description writer")
+    p.add_argument("--template", help="prompt template file for the LLM")
+    p.add_argument("--epochs", type=int, help="training epochs (default 50)")
+    p.add_argument("--top-k", type=int, help="CSMF top-k (default 3)")
+    p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--refresh", action="append", default=[], metavar="STAGE", help="recompute this stage even if cached (repeatable)")
+
+
+def _query(sql: str, workspace: str, fmt: str) -> int:
+    """Print the result of `sql` over the workspace's views (no Prefect involved)."""
+    import duckdb
+
+    from tasks.query import connect, views
+
+    con = None
+    try:
+        con = connect(Path(workspace))
+        rel = con.sql(sql)
+    except (duckdb.Error, FileNotFoundError) as e:
+        unknown_view = con is not None and isinstance(e, duckdb.CatalogException)
+        hint = f" (views in {workspace}: {', '.join(views(con)) or 'none'})" if unknown_view else ""
+        print(f"cscf: error: {str(e).splitlines()[0]}{hint}", file=sys.stderr)
+        return 1
+    if rel is None:  # a statement without a result
+        return 0
+    if fmt == "table":
+        rel.show(max_rows=10_000, max_width=10_000)
+    elif fmt == "csv":
+        writer = csv.writer(sys.stdout)
+        writer.writerow(rel.columns)
+        writer.writerows(rel.fetchall())
+    else:
+        print(json.dumps([dict(zip(rel.columns, row)) for row in rel.fetchall()], default=str))
+    return 0
 
 
 def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Prefect env first)
@@ -51,7 +95,7 @@ def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Pref
         "features": args.features,
         "classes": args.classes,
         "modalities": args.modalities.split(",") if args.modalities else None,
-        "seed": args.seed,
+        "seed": getattr(args, "seed", 0),
         "out": args.out,
         "workspace": args.workspace,
         "epochs": args.epochs,
@@ -68,6 +112,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from tasks.catalog import DEFAULT_WORKSPACE
 
     args.workspace = args.workspace or str(DEFAULT_WORKSPACE)
+    if args.command == "query":
+        return _query(args.sql, args.workspace, args.format)
     _prefect_env(args.workspace)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "sentence_transformers", "prefect.server", "uvicorn", "docket"):
@@ -75,6 +121,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         params = _params(args)
         params.check_inputs()
+        if args.command == "benchmark":
+            return _benchmark(args, params)
         from flows.pipeline import cscf
 
         result = cscf(params)
@@ -87,6 +135,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     print("stages: " + ", ".join(f"{k}={v}" for k, v in result["states"].items()))
     return 0
 
+
+def _benchmark(args: argparse.Namespace, params) -> int:  # params: PipelineParams
+    from cscf_model.baselines import BASELINES
+    from flows.benchmark import benchmark
+
+    seeds = [int(s) for s in args.seeds.split(",")]
+    methods = args.methods.split(",") if args.methods else list(BASELINES)
+    command = "cscf " + " ".join(sys.argv[1:]) if sys.argv[1:2] == ["benchmark"] else "cscf benchmark"
+    result = benchmark(params.model_copy(update={"out": None}), seeds=seeds, methods=methods, out=args.out, command=command)
+    print(f"wrote {result['report']}")
+    return 0
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -8,8 +8,9 @@ the stages downstream of it.
 from __future__ import annotations
 
 from dataclasses import asdict
+from functools import cached_property
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from prefect import flow, get_run_logger
 from prefect.states import State
@@ -19,50 +20,97 @@ from tasks import stages
 from tasks.descriptions import DescriptionSettings
 from tasks.evaluate import publish
 
-from .params import PipelineParams
+from .params import STAGE_NAMES, PipelineParams
 
 
-def _call(task: Any, params: PipelineParams, runs: dict[str, dict[str, str]], **kwargs: Any) -> str:
-    """Run one stage with this workspace's result storage; record its key and final state."""
-    name = task.name
-    configured = task.with_options(
-        result_storage=stages.results_dir(params.workspace), refresh_cache=name in params.refresh
-    )
-    state: State = configured(workspace=params.workspace, **kwargs, return_state=True)
-    label = f"{name}[{kwargs['method']}]" if "method" in kwargs else name
-    key = state.result()
-    runs[label] = {"state": state.name, "key": key}
-    return key
+class Wiring:
+    """The stages of one run. Each stage is called once, when something first asks for its key.
+
+    This is the one place that says which parameters each stage gets: the full flow asks
+    for every stage, a stage flow (flows/stage_flows.py) for one, which calls only the
+    stages upstream of it. Same parameters give the same cache keys, so both share a cache.
+    """
+
+    def __init__(self, params: PipelineParams) -> None:
+        self.params = params
+        self.classes = params.classes_path()
+        self.runs: dict[str, dict[str, str]] = {}
+
+    def _call(self, task: Any, **kwargs: Any) -> str:
+        """Run one stage with this workspace's result storage; record its key and final state."""
+        params, name = self.params, task.name
+        configured = task.with_options(
+            result_storage=stages.results_dir(params.workspace), refresh_cache=name in params.refresh
+        )
+        state: State = configured(workspace=params.workspace, **kwargs, return_state=True)
+        label = f"{name}[{kwargs['method']}]" if "method" in kwargs else name
+        key = state.result()
+        self.runs[label] = {"state": state.name, "key": key}
+        return key
+
+    @cached_property
+    def features(self) -> str:
+        return self._call(stages.features_task, features=self.params.features, classes=self.classes, default_seed=0)
+
+    @cached_property
+    def descriptions(self) -> str:
+        llm = self.params.llm
+        settings = DescriptionSettings(**{**llm.model_dump(), "template": Path(llm.template),
+                                          "published_csv": llm.published_csv and Path(llm.published_csv)})
+        return self._call(stages.descriptions_task, classes=self.classes,
+                          settings=llm.model_dump(), fingerprint=settings.cache_fields())
+
+    @cached_property
+    def class_embeddings(self) -> str:
+        return self._call(stages.class_embeddings_task, descriptions_key=self.descriptions, encoder=self.params.encoder)
+
+    @cached_property
+    def split(self) -> str:
+        return self._call(stages.split_task, features_key=self.features, classes=self.classes,
+                          modalities=self.params.modalities, seed=self.params.seed)
+
+    @property
+    def train_config(self) -> dict[str, Any]:
+        """Optimisation settings shared by CSCF, its ablation B and the baselines."""
+        p = self.params
+        return asdict(TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device))
+
+    @cached_property
+    def train(self) -> dict[str, str]:
+        """Training key per trained model ("B", "CSCF")."""
+        return {
+            method: self._call(stages.train_task, features_key=self.features, split_key=self.split,
+                               embeddings_key=self.class_embeddings, method=method,
+                               model_overrides={"top_k": self.params.top_k} if method == "CSCF" else {},
+                               train_config=self.train_config)
+            for method in ("B", "CSCF")
+        }
+
+    @cached_property
+    def evaluate(self) -> str:
+        return self._call(stages.evaluate_task, features_key=self.features, split_key=self.split,
+                          embeddings_key=self.class_embeddings, trained=self.train,
+                          dataset=self.params.dataset_name(), seed=self.params.seed)
+
+    def summary(self) -> dict[str, dict[str, str]]:
+        """Final state and key of every stage called, by label (`train[CSCF]`, ...)."""
+        return {"states": {k: r["state"] for k, r in self.runs.items()}, "keys": {k: r["key"] for k, r in self.runs.items()}}
+
+
+def run_stages(params: PipelineParams, names: Iterable[str]) -> Wiring:
+    """Run the named stages in order, each after the stages it needs; log every stage's state."""
+    wiring = Wiring(params)
+    for name in names:
+        if name not in STAGE_NAMES:
+            raise ValueError(f"unknown stage {name!r}; stages: {', '.join(STAGE_NAMES)}")
+        getattr(wiring, name)
+    get_run_logger().info("stages: %s", ", ".join(f"{k}={v}" for k, v in wiring.summary()["states"].items()))
+    return wiring
 
 
 @flow(name="cscf", log_prints=False)
 def cscf(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run every stage of CSCF on one dataset and write metrics.json and report.md."""
-    logger = get_run_logger()
-    classes = params.classes_path()
-    settings = DescriptionSettings(**{**params.llm.model_dump(), "template": Path(params.llm.template),
-                                      "published_csv": params.llm.published_csv and Path(params.llm.published_csv)})
-    runs: dict[str, dict[str, str]] = {}
-
-    features_key = _call(stages.features_task, params, runs, features=params.features, classes=classes, default_seed=0)
-    descriptions_key = _call(stages.descriptions_task, params, runs, classes=classes,
-                             settings=params.llm.model_dump(), fingerprint=settings.cache_fields())
-    embeddings_key = _call(stages.class_embeddings_task, params, runs, descriptions_key=descriptions_key, encoder=params.encoder)
-    split_key = _call(stages.split_task, params, runs, features_key=features_key, classes=classes,
-                      modalities=params.modalities, seed=params.seed)
-    train_cfg = asdict(TrainConfig(epochs=params.epochs, batch_size=params.batch_size, lr=params.lr,
-                                   seed=params.seed, device=params.device))
-    trained = {
-        method: _call(stages.train_task, params, runs, features_key=features_key, split_key=split_key,
-                      embeddings_key=embeddings_key, method=method,
-                      model_overrides={"top_k": params.top_k} if method == "CSCF" else {}, train_config=train_cfg)
-        for method in ("B", "CSCF")
-    }
-    evaluate_key = _call(stages.evaluate_task, params, runs, features_key=features_key, split_key=split_key,
-                         embeddings_key=embeddings_key, trained=trained, dataset=params.dataset_name(), seed=params.seed)
-
-    states = {name: r["state"] for name, r in runs.items()}
-    logger.info("stages: %s", ", ".join(f"{k}={v}" for k, v in states.items()))
-    outputs = publish(Path(params.workspace), evaluate_key, Path(params.out)) if params.out else {}
-    return {"states": states, "keys": {name: r["key"] for name, r in runs.items()}, "outputs": {k: str(v) for k, v in outputs.items()}}
-
+    wiring = run_stages(params, STAGE_NAMES)
+    outputs = publish(Path(params.workspace), wiring.evaluate, Path(params.out)) if params.out else {}
+    return {**wiring.summary(), "outputs": {k: str(v) for k, v in outputs.items()}}

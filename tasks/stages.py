@@ -7,10 +7,12 @@ disk, so a stage run alone and the full pipeline share one cache.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
 from prefect import task
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
 from . import caching
 from .caching import Stage, StageCachePolicy
@@ -19,6 +21,7 @@ from .embeddings import build_class_embeddings
 from .evaluate import build_evaluation
 from .features import build_features, read_classes
 from .split import build_split
+from .baselines import build_baseline
 from .train import build_training
 from . import catalog
 
@@ -39,7 +42,9 @@ SPLIT = Stage("split", build_split, (".classes.parquet", ".samples.parquet"), fi
 TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.mmhcl_data"))
 EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md"),
                  code=("cscf_model", "tasks.mmhcl_data", "tasks.report"))
-STAGES = {s.name: s for s in (FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE)}
+BASELINE = Stage("baselines", build_baseline, (".metrics.json", ".predictions.parquet"),
+                 code=("cscf_model", "tasks.mmhcl_data", "tasks.evaluate"))
+STAGES = {s.name: s for s in (FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
 
 
 def _options(stage: Stage) -> dict[str, Any]:
@@ -79,11 +84,38 @@ def train_task(
     return TRAIN.run(locals())
 
 
+REPORT_ARTIFACT = "cscf-report"
+ACCURACY_ARTIFACT = "cscf-accuracy"
+
+
 @task(**_options(EVALUATE))
 def evaluate_task(
     workspace: str, features_key: str, split_key: str, embeddings_key: str, trained: dict[str, str], dataset: str, seed: int
 ) -> str:
-    return EVALUATE.run(locals())
+    key = EVALUATE.run(locals())
+    _publish_artifacts(Path(workspace), key)
+    return key
+
+
+def _publish_artifacts(workspace: Path, key: str) -> None:
+    """Show the report (Tables 1 and 2) and CSCF's accuracies in the Prefect UI.
+
+    Only a fresh evaluation publishes: a cache hit does not run this body, and the UI
+    already holds the artifacts of the run that computed that key.
+    """
+    metrics = json.loads(catalog.stage_output(workspace, "evaluate", key, ".metrics.json").read_text())
+    run = f"{metrics['dataset']}, seed {metrics['seed']}, evaluation {key}"
+    create_markdown_artifact(catalog.stage_output(workspace, "evaluate", key, ".report.md").read_text(),
+                             key=REPORT_ARTIFACT, description=f"CSCF report: {run}")
+    rows = [{"subset": subset, "accuracy": round(acc, 2)} for subset, acc in metrics["methods"]["CSCF"].items()]
+    create_table_artifact(rows, key=ACCURACY_ARTIFACT, description=f"CSCF top-1 accuracy (%) per subset: {run}")
+
+
+@task(**_options(BASELINE))
+def baseline_task(
+    workspace: str, features_key: str, split_key: str, embeddings_key: str, method: str, train_config: dict[str, Any]
+) -> str:
+    return BASELINE.run(locals())
 
 
 def results_dir(workspace: str | Path) -> Path:

@@ -51,6 +51,7 @@ def build_training(
     """Train `method` (a shipped model config name) and write `<key>.pt`."""
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
     cfg = TrainConfig(**train_config)
+    torch.manual_seed(cfg.seed)  # the initial weights too are a function of the seed
     model = create_model(method, data.input_dims, data.class_emb, data.seen, **model_overrides)
     resume = latest_checkpoint(workspace, key)
     if resume is not None:
