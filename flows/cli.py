@@ -47,7 +47,12 @@ def _parser() -> argparse.ArgumentParser:
 def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
     """Data and training options shared by `run` and `benchmark`."""
     p.add_argument("--features", help="Parquet file or folder of features (default: the embedded dataset)")
-    p.add_argument("--classes", help="classes.csv (required with --features)")
+    p.add_argument("--manifest", help="media manifest (sample_id, class_name, path[, split]) to extract CLIP/CLAP features from")
+    p.add_argument("--media-root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
+    p.add_argument("--clip-checkpoint", help="open_clip pretrained tag or checkpoint file for video features")
+    p.add_argument("--clap-checkpoint", help="laion-clap checkpoint file for audio features")
+    p.add_argument("--published", help="root of a published feature set (ClipClap-GZSL or AVCA-GZSL layout)")
+    p.add_argument("--classes", help="classes.csv (required with --features, --manifest or --published)")
     p.add_argument("--modalities", help="A,B: the two modalities (default: first two sorted)")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
     p.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
@@ -88,12 +93,17 @@ def _query(sql: str, workspace: str, fmt: str) -> int:
 
 
 def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Prefect env first)
-    from flows.params import LLMParams, PipelineParams
+    from flows.params import ExtractParams, LLMParams, PipelineParams
 
+    extract = {k: v for k, v in (("clip_pretrained", args.clip_checkpoint), ("clap_checkpoint", args.clap_checkpoint)) if v}
     llm = {"mode": args.llm} | ({"template": args.template} if args.template else {})
     fields = {
         "features": args.features,
         "classes": args.classes,
+        "manifest": args.manifest,
+        "media_root": args.media_root,
+        "published": args.published,
+        "extract": ExtractParams(**extract),
         "modalities": args.modalities.split(",") if args.modalities else None,
         "seed": getattr(args, "seed", 0),
         "out": args.out,

@@ -11,7 +11,7 @@ from tasks.catalog import DEFAULT_WORKSPACE
 from tasks.default_dataset import default_classes_path
 from tasks.descriptions import DEFAULT_TEMPLATE
 
-STAGE_NAMES = ("features", "descriptions", "class_embeddings", "split", "train", "evaluate")
+STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "evaluate")
 
 
 class LLMParams(BaseModel):
@@ -28,11 +28,40 @@ class LLMParams(BaseModel):
     published_csv: str | None = Field(None, description="CSV of published descriptions (name, description_1, ...)")
 
 
+class ExtractParams(BaseModel):
+    """Feature extraction from media files (CLIP image tower for video, CLAP audio branch)."""
+
+    clip_model: str = Field("ViT-B-32", description="open_clip architecture (the paper: ViT-B/32)")
+    clip_pretrained: str | None = Field("openai", description="open_clip pretrained tag in the local cache, or a checkpoint path")
+    clap_model: str = Field("HTSAT-tiny", description="laion_clap audio config")
+    clap_checkpoint: str | None = Field("630k-audioset-best.pt", description="CLAP checkpoint name or path")
+    modalities: list[str] = Field(["video", "audio"], description="what to extract from each file")
+    frames: str | int = Field("middle", description="'middle' frame, or N frames mean-pooled")
+    shard_size: int = Field(256, ge=1, description="manifest rows per output shard (the unit of resumption)")
+    batch_size: int = Field(32, ge=1)
+
+    def settings(self):  # -> tasks.extract.ExtractSettings
+        from tasks.extract import ExtractSettings
+        from tasks.media_encoders import AudioEncoderSpec, ImageEncoderSpec
+
+        return ExtractSettings(
+            image=ImageEncoderSpec(self.clip_model, self.clip_pretrained),
+            audio=AudioEncoderSpec(self.clap_model, self.clap_checkpoint),
+            modalities=tuple(self.modalities), frames=self.frames, shard_size=self.shard_size,
+            batch_size=self.batch_size, progress=False,
+        )
+
+
 class PipelineParams(BaseModel):
     """Everything a run of the `cscf` flow depends on."""
 
     features: str | None = Field(None, description="Parquet file or folder (CONTRACTS section 1); empty: embedded default dataset")
-    classes: str | None = Field(None, description="classes.csv; required with `features`")
+    manifest: str | None = Field(None, description="media manifest (CSV/Parquet: sample_id, class_name, path[, split]) to extract features from")
+    media_root: str | None = Field(None, description="folder the manifest's paths are relative to (default: the manifest's folder)")
+    extract: ExtractParams = ExtractParams()
+    published: str | None = Field(None, description="root of a published feature set (ClipClap-GZSL .pkl or AVCA-GZSL .h5 layout)")
+    published_layout: Literal["auto", "clipclap", "avca"] = "auto"
+    classes: str | None = Field(None, description="classes.csv; required with features, manifest or published")
     modalities: list[str] | None = Field(None, description="the two modalities playing A and B; default: first two sorted")
     seed: int = Field(0, description="seeds the class split, the sample split and training")
     workspace: str = Field(str(DEFAULT_WORKSPACE), description="folder of cached stage outputs")
@@ -62,17 +91,22 @@ class PipelineParams(BaseModel):
         return v
 
     def classes_path(self) -> str:
-        if self.features and not self.classes:
-            raise ValueError("--classes is required with --features")
+        sources = [name for name in ("features", "manifest", "published") if getattr(self, name)]
+        if len(sources) > 1:
+            raise ValueError(f"give one source of features, not {' and '.join('--' + s for s in sources)}")
+        if sources and not self.classes:
+            raise ValueError(f"--classes is required with --{sources[0]}")
         return str(Path(self.classes)) if self.classes else str(default_classes_path())
 
     def check_inputs(self) -> None:
         """Fail before any stage starts when an input file is missing."""
-        named = {"features": self.features, "classes": self.classes_path(),
+        named = {"features": self.features, "classes": self.classes_path(), "manifest": self.manifest,
+                 "media root": self.media_root, "published features": self.published,
                  "template": self.llm.template, "published descriptions": self.llm.published_csv}
         for what, path in named.items():
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{path}: {what} file not found")
 
     def dataset_name(self) -> str:
-        return Path(self.features).stem if self.features else "default"
+        source = self.features or self.manifest or self.published
+        return Path(source).stem if source else "default"

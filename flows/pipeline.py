@@ -49,8 +49,19 @@ class Wiring:
         return key
 
     @cached_property
+    def extract(self) -> str | None:
+        """Key of the media extraction, when the features come from a manifest."""
+        p = self.params
+        if not p.manifest:
+            return None
+        root = p.media_root or str(Path(p.manifest).parent)
+        return self._call(stages.extract_task, manifest=p.manifest, media_root=root, settings=p.extract.model_dump())
+
+    @cached_property
     def features(self) -> str:
-        return self._call(stages.features_task, features=self.params.features, classes=self.classes, default_seed=0)
+        p = self.params
+        return self._call(stages.features_task, features=p.features, classes=self.classes, default_seed=0,
+                          extracted=self.extract, published=p.published, published_layout=p.published_layout)
 
     @cached_property
     def descriptions(self) -> str:

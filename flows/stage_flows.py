@@ -14,6 +14,7 @@ from .params import PipelineParams
 from .pipeline import run_stages
 
 _DESCRIPTIONS = {
+    "extract": "Extract CLIP/CLAP features from the media files of params.manifest into Parquet shards.",
     "features": "Validate the features; refused rows go to features/<key>.rejected.parquet.",
     "descriptions": "Write one description per class (classes.csv, published CSV, LLM or offline writer).",
     "class_embeddings": "Embed the class descriptions with the text encoder.",
@@ -30,6 +31,7 @@ def _stage_flow(stage: str) -> Flow:
     return flow(run_stage, name=f"cscf-stage-{stage.replace('_', '-')}", description=_DESCRIPTIONS[stage])
 
 
+extract = _stage_flow("extract")
 features = _stage_flow("features")
 descriptions = _stage_flow("descriptions")
 class_embeddings = _stage_flow("class_embeddings")

@@ -64,6 +64,7 @@ class Stage:
 
     files: parameters holding user file paths (hashed by content; None is allowed).
     code: modules whose source enters the key (the stage's own module is always in).
+    complete: an extra check that the outputs are whole (e.g. every shard of a folder).
     """
 
     name: str
@@ -71,6 +72,7 @@ class Stage:
     outputs: tuple[str, ...] = (".parquet",)
     files: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
+    complete: Callable[[Path, str], bool] | None = None
 
     def key(self, params: dict[str, Any]) -> str:
         """The cache key of this stage for these parameters (workspace excluded)."""
@@ -87,7 +89,9 @@ class Stage:
         return [catalog.stage_output(Path(workspace), self.name, key, s) for s in self.outputs]
 
     def is_built(self, workspace: str | Path, key: str) -> bool:
-        return all(p.exists() for p in self.output_paths(workspace, key))
+        if not all(p.exists() for p in self.output_paths(workspace, key)):
+            return False
+        return self.complete is None or self.complete(Path(workspace), key)
 
     def run(self, params: dict[str, Any]) -> str:
         """Build the outputs unless they exist; return the key downstream stages take."""

@@ -118,16 +118,46 @@ def validate_features(table: pa.Table, class_names: set[str], source: str) -> tu
     return good, rejected
 
 
-def build_features(workspace: Path, key: str, features: str | None, classes: str, default_seed: int) -> None:
-    """Validate the user's features (or make the embedded default dataset) into the workspace."""
+def build_features(
+    workspace: Path,
+    key: str,
+    features: str | None,
+    classes: str,
+    default_seed: int,
+    extracted: str | None = None,
+    published: str | None = None,
+    published_layout: str = "auto",
+) -> None:
+    """Validate one source of feature vectors into the workspace.
+
+    The source is the user's Parquet (`features`), the extraction stage's shards
+    (`extracted`: its key), a published feature set (`published`: its root folder), or
+    else the embedded default dataset. Files the extraction could not read join the
+    rejected rows, with the extractor's reason.
+    """
     class_names = set(read_classes(classes)["class_name"])
-    if features is None:
+    failed = catalog.REJECTED.empty_table()
+    if extracted is not None:
+        from .extract import read_extracted
+
+        folder = catalog.stage_dir(workspace, "extract") / extracted
+        media, failures = read_extracted(folder)
+        table, source = media.select(catalog.FEATURES.names), f"features extracted into {folder}"
+        failed = pa.table({"sample_id": failures["sample_id"], "modality": failures["modality"],
+                           "class_name": pa.nulls(len(failures), pa.string()),
+                           "reason": pc.binary_join_element_wise("extraction failed: ", failures["reason"], "")})
+    elif published is not None:
+        from .published_features import ingest_published
+
+        table, source = ingest_published(Path(published), published_layout), str(published)
+    elif features is not None:
+        table, source = read_features(features), str(features)
+    else:
         from .default_dataset import make_default_dataset
 
         table, source = make_default_dataset(seed=default_seed), "embedded default dataset"
-    else:
-        table, source = read_features(features), str(features)
     good, rejected = validate_features(table, class_names, source)
+    rejected = pa.concat_tables([failed.cast(catalog.REJECTED), rejected.cast(catalog.REJECTED)])
     catalog.write_table(rejected, catalog.stage_output(workspace, "features", key, ".rejected.parquet"), catalog.REJECTED)
     catalog.write_table(good, catalog.stage_output(workspace, "features", key), catalog.FEATURES)
     log.info("%s: %d rows, modalities %s", source, len(good), sorted(set(good["modality"].to_pylist())))

@@ -21,6 +21,7 @@ from .embeddings import build_class_embeddings
 from .evaluate import build_evaluation
 from .features import build_features, read_classes
 from .split import build_split
+from .extract import extract_features
 from .baselines import build_baseline
 from .train import build_training
 from . import catalog
@@ -35,7 +36,30 @@ def build_descriptions(workspace: Path, key: str, classes: str, settings: dict[s
     catalog.write_table(table, catalog.stage_output(workspace, "descriptions", key), catalog.DESCRIPTIONS)
 
 
-FEATURES = Stage("features", build_features, (".parquet", ".rejected.parquet"), files=("features", "classes"), code=("tasks.default_dataset",))
+def build_extraction(workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any]) -> None:
+    """Extraction stage: media files -> Parquet shards in `extract/<key>/`.
+
+    Shards already written by an interrupted run are kept; `_complete.json` marks the end.
+    """
+    from flows.params import ExtractParams
+
+    folder = catalog.stage_dir(workspace, "extract") / key
+    shards = extract_features(Path(manifest), Path(media_root), ExtractParams(**settings).settings(), folder)
+    catalog.write_json({"manifest": manifest, "settings": settings, "shards": [p.name for p in shards]},
+                       folder / "_complete.json")
+
+
+def _all_shards_present(workspace: Path, key: str) -> bool:
+    """A deleted shard makes the extraction incomplete, so only that shard is extracted again."""
+    folder = catalog.stage_dir(workspace, "extract") / key
+    listed = json.loads((folder / "_complete.json").read_text())["shards"]
+    return all((folder / name).exists() for name in listed)
+
+
+EXTRACT = Stage("extract", build_extraction, ("/_complete.json",), files=("manifest",),
+                code=("tasks.extract", "tasks.media", "tasks.media_encoders"), complete=_all_shards_present)
+FEATURES = Stage("features", build_features, (".parquet", ".rejected.parquet"), files=("features", "classes", "published"),
+                 code=("tasks.default_dataset", "tasks.published_features"))
 DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), code=("tasks.descriptions", "tasks.llm_client"))
 CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.text_encoders",))
 SPLIT = Stage("split", build_split, (".classes.parquet", ".samples.parquet"), files=("classes",))
@@ -44,15 +68,28 @@ EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.p
                  code=("cscf_model", "tasks.mmhcl_data", "tasks.report"))
 BASELINE = Stage("baselines", build_baseline, (".metrics.json", ".predictions.parquet"),
                  code=("cscf_model", "tasks.mmhcl_data", "tasks.evaluate"))
-STAGES = {s.name: s for s in (FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
+STAGES = {s.name: s for s in (EXTRACT, FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
 
 
 def _options(stage: Stage) -> dict[str, Any]:
     return {"name": stage.name, "cache_policy": StageCachePolicy(stage=stage), "persist_result": True}
 
 
+@task(**_options(EXTRACT))
+def extract_task(workspace: str, manifest: str, media_root: str, settings: dict[str, Any]) -> str:
+    return EXTRACT.run(locals())
+
+
 @task(**_options(FEATURES))
-def features_task(workspace: str, features: str | None, classes: str, default_seed: int) -> str:
+def features_task(
+    workspace: str,
+    features: str | None,
+    classes: str,
+    default_seed: int,
+    extracted: str | None,
+    published: str | None,
+    published_layout: str,
+) -> str:
     return FEATURES.run(locals())
 
 
