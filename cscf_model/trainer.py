@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import math
 from dataclasses import asdict, dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -87,6 +87,20 @@ def _step_batch(
     return feats, torch.cat(labels).to(device), present.to(device)
 
 
+def epoch_batches(
+    data: TrainData, cfg: TrainConfig, epoch: int, device: torch.device
+) -> Iterator[tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]]:
+    """The (features, labels, present) batches of one epoch, reseeding the RNGs from (seed, epoch).
+
+    Seeding per epoch (shuffling and dropout alike) is what makes a resumed run equal an
+    uninterrupted one; the baselines train through the same batches.
+    """
+    torch.manual_seed(cfg.seed * 100_003 + epoch)
+    generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+    for idx in zip(*_epoch_batches(data, cfg.batch_size, generator)):
+        yield _step_batch(data, list(idx), device)
+
+
 def checkpoint_state(
     model: CSCF, optimizer: torch.optim.Optimizer, epoch: int, train_cfg: TrainConfig, losses: list[float]
 ) -> dict[str, Any]:
@@ -126,12 +140,9 @@ def train(
         start, losses = resume["epoch"] + 1, list(resume["losses"])
     use_amp = cfg.amp and device.type == "cuda"
     for epoch in range(start, cfg.epochs):
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
         model.train()
         total, steps = 0.0, 0
-        for idx in zip(*_epoch_batches(data, cfg.batch_size, generator)):
-            feats, labels, present = _step_batch(data, list(idx), device)
+        for feats, labels, present in epoch_batches(data, cfg, epoch, device):
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=use_amp):
                 out = model(feats, present)
             loss = model.loss(out, labels, present)

@@ -2,8 +2,8 @@
 the paper's "two unimodal models + confidence selection" wrapper for the zero-shot
 methods, and the small building blocks used by more than one method.
 
-The training loop draws batches with the CSCF trainer's own `_epoch_batches` /
-`_step_batch`, so baselines and CSCF see the same samples in the same order for a seed.
+The training loop draws batches with the CSCF trainer's own `epoch_batches`,
+so baselines and CSCF see the same samples in the same order for a seed.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..trainer import TrainConfig, TrainData, _epoch_batches, _step_batch, resolve_device
+from ..trainer import TrainConfig, TrainData, epoch_batches, resolve_device
 
 
 @dataclass
@@ -88,12 +88,9 @@ class Baseline(nn.Module):
         optimizer = torch.optim.Adam(self.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         losses = []
         for epoch in range(cfg.epochs):
-            torch.manual_seed(cfg.seed * 100_003 + epoch)
-            generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
             self.train()
             total, steps = 0.0, 0
-            for idx in zip(*_epoch_batches(data, cfg.batch_size, generator)):
-                feats, labels, present = _step_batch(data, list(idx), device)
+            for feats, labels, present in epoch_batches(data, cfg, epoch, device):
                 loss = self.loss(self.inputs(feats, present), labels, present, epoch)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
