@@ -62,6 +62,8 @@ def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--top-k", type=int, help="CSMF top-k (default 3)")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--refresh", action="append", default=[], metavar="STAGE", help="recompute this stage even if cached (repeatable)")
+    p.add_argument("--task-runner", choices=("threads", "dask"), help="what runs the extraction shards (default: threads)")
+    p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: a local one on 127.0.0.1)")
 
 
 def _query(sql: str, workspace: str, fmt: str) -> int:
@@ -113,6 +115,8 @@ def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Pref
         "device": args.device,
         "refresh": args.refresh,
         "llm": LLMParams(**llm),
+        "task_runner": args.task_runner,
+        "dask_address": args.dask_address,
     }
     return PipelineParams(**{k: v for k, v in fields.items() if v is not None})
 
@@ -126,7 +130,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return _query(args.sql, args.workspace, args.format)
     _prefect_env(args.workspace)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    for noisy in ("httpx", "sentence_transformers", "prefect.server", "uvicorn", "docket"):
+    for noisy in ("httpx", "sentence_transformers", "prefect.server", "uvicorn", "docket", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     try:
         params = _params(args)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, Field, field_validator
+from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tasks.catalog import DEFAULT_WORKSPACE
 from tasks.default_dataset import default_classes_path
@@ -74,6 +74,10 @@ class PipelineParams(BaseModel):
     lr: float = Field(5e-4, gt=0)
     device: str = Field("auto", description="auto: CUDA when present, else CPU")
     refresh: list[str] = Field(default_factory=list, description=f"stages to recompute even if cached: {', '.join(STAGE_NAMES)}")
+    task_runner: Literal["threads", "dask"] = Field(
+        "threads", description="what runs the extraction shards: threads in this process, or a Dask cluster (prefect-dask)")
+    dask_address: str | None = Field(
+        None, description="scheduler of an existing Dask cluster (tcp://host:8786); empty: a local cluster on 127.0.0.1")
 
     @field_validator("refresh")
     @classmethod
@@ -89,6 +93,12 @@ class PipelineParams(BaseModel):
         if v is not None and (len(v) != 2 or v[0] == v[1]):
             raise ValueError(f"--modalities needs two different names, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _address_needs_dask(self) -> PipelineParams:
+        if self.dask_address and self.task_runner != "dask":
+            raise ValueError("--dask-address needs --task-runner dask")
+        return self
 
     def classes_path(self) -> str:
         sources = [name for name in ("features", "manifest", "published") if getattr(self, name)]

@@ -2,18 +2,21 @@
 
 It only wires stages (tasks/stages.py); every stage is cached by its content key, so a
 rerun with unchanged inputs recomputes nothing, and a changed input recomputes only
-the stages downstream of it.
+the stages downstream of it. Media extraction runs one task per shard in a sub-flow,
+`cscf-extract-shards`, on the task runner `params.task_runner` picks (threads or Dask).
 """
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict
 from functools import cached_property
 from pathlib import Path
 from typing import Any, Iterable
 
-from prefect import flow, get_run_logger
+from prefect import flow, get_run_logger, unmapped
 from prefect.states import State
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cscf_model import TrainConfig
 from tasks import stages
@@ -36,11 +39,14 @@ class Wiring:
         self.classes = params.classes_path()
         self.runs: dict[str, dict[str, str]] = {}
 
-    def _call(self, task: Any, **kwargs: Any) -> str:
-        """Run one stage with this workspace's result storage; record its key and final state."""
+    def _call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
+        """Run one stage with this workspace's result storage; record its key and final state.
+
+        refresh: not a cache hit even if cached (as for a stage named in params.refresh).
+        """
         params, name = self.params, task.name
         configured = task.with_options(
-            result_storage=stages.results_dir(params.workspace), refresh_cache=name in params.refresh
+            result_storage=stages.results_dir(params.workspace), refresh_cache=refresh or name in params.refresh
         )
         state: State = configured(workspace=params.workspace, **kwargs, return_state=True)
         label = f"{name}[{kwargs['method']}]" if "method" in kwargs else name
@@ -50,12 +56,21 @@ class Wiring:
 
     @cached_property
     def extract(self) -> str | None:
-        """Key of the media extraction, when the features come from a manifest."""
+        """Key of the media extraction, when the features come from a manifest.
+
+        The missing shards run first, one task each, on the task runner the parameters
+        choose; the stage task then checks them and marks the extraction complete. A run
+        that extracted shards is never reported as a cache hit of the stage.
+        """
         p = self.params
         if not p.manifest:
             return None
-        root = p.media_root or str(Path(p.manifest).parent)
-        return self._call(stages.extract_task, manifest=p.manifest, media_root=root, settings=p.extract.model_dump())
+        inputs = {"manifest": p.manifest, "media_root": p.media_root or str(Path(p.manifest).parent),
+                  "settings": p.extract.model_dump()}
+        key, shards = stages.extraction_plan(p.workspace, **inputs)
+        if shards:
+            extract_shards.with_options(task_runner=task_runner(p))(workspace=p.workspace, key=key, shards=shards, **inputs)
+        return self._call(stages.extract_task, refresh=bool(shards), **inputs)
 
     @cached_property
     def features(self) -> str:
@@ -106,6 +121,37 @@ class Wiring:
     def summary(self) -> dict[str, dict[str, str]]:
         """Final state and key of every stage called, by label (`train[CSCF]`, ...)."""
         return {"states": {k: r["state"] for k, r in self.runs.items()}, "keys": {k: r["key"] for k, r in self.runs.items()}}
+
+
+# In-process workers, reached over TCP on 127.0.0.1 only; the HTTP endpoint on a free port there too.
+LOCAL_CLUSTER = {"processes": False, "protocol": "tcp", "host": "127.0.0.1", "dashboard_address": "127.0.0.1:0"}
+
+
+def task_runner(params: PipelineParams) -> TaskRunner:
+    """The runner of the extraction shards: threads here, or a Dask cluster.
+
+    Without an address the cluster is a temporary in-process one (threads, TCP on
+    127.0.0.1 only), so its workers share this process's Prefect API, even an ephemeral one.
+    The workers of a cluster given by address import this project and report to the flow's
+    API, so that one must be a server they can reach (PREFECT_API_URL), not an ephemeral one.
+    """
+    if params.task_runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=os.cpu_count())
+    try:
+        from prefect_dask import DaskTaskRunner
+    except ImportError as e:
+        raise RuntimeError("--task-runner dask needs prefect-dask: pip install 'cscf[dask]'") from e
+    if params.dask_address:
+        return DaskTaskRunner(address=params.dask_address)
+    return DaskTaskRunner(cluster_kwargs=LOCAL_CLUSTER)
+
+
+@flow(name="cscf-extract-shards", log_prints=False)
+def extract_shards(workspace: str, key: str, manifest: str, media_root: str, settings: dict[str, Any],
+                   shards: list[int]) -> list[str]:
+    """Extract some shards of the extraction `key`, one task run each, on this flow's task runner."""
+    return stages.extract_shard_task.map(workspace=workspace, key=key, manifest=manifest, media_root=media_root,
+                                         settings=unmapped(settings), shard=shards).result()
 
 
 def run_stages(params: PipelineParams, names: Iterable[str]) -> Wiring:

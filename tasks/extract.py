@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -251,9 +252,17 @@ class ModalityPipeline:
     encoder: ImageEncoder | AudioEncoder
 
 
+_BUILDING = threading.Lock()
+
+
 def modality_pipeline(name: str, settings: ExtractSettings) -> ModalityPipeline:
-    """The pipeline of modality `name` with the encoders `settings` name (built once per process)."""
-    return _video(settings) if name == VIDEO else _audio(settings)
+    """The pipeline of modality `name` with the encoders `settings` name (built once per process).
+
+    Shard tasks run in threads; building under a lock gives them one shared encoder, and keeps
+    two seeded random initialisations from interleaving on torch's global RNG.
+    """
+    with _BUILDING:
+        return _video(settings) if name == VIDEO else _audio(settings)
 
 
 def _video(settings: ExtractSettings) -> ModalityPipeline:

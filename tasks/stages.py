@@ -13,6 +13,7 @@ from typing import Any
 
 from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
+from prefect.cache_policies import NO_CACHE
 
 from . import caching
 from .caching import Stage, StageCachePolicy
@@ -21,7 +22,7 @@ from .embeddings import build_class_embeddings
 from .evaluate import build_evaluation
 from .features import build_features, read_classes
 from .split import build_split
-from .extract import extract_features
+from .extract import ExtractSettings, extract_features, extract_shard, read_manifest, shard_count, shard_path
 from .baselines import build_baseline
 from .train import build_training
 from . import catalog
@@ -36,24 +37,57 @@ def build_descriptions(workspace: Path, key: str, classes: str, settings: dict[s
     catalog.write_table(table, catalog.stage_output(workspace, "descriptions", key), catalog.DESCRIPTIONS)
 
 
+def _extract_settings(settings: dict[str, Any]) -> ExtractSettings:
+    from flows.params import ExtractParams
+
+    return ExtractParams(**settings).settings()
+
+
+def _extraction_dir(workspace: str | Path, key: str) -> Path:
+    return catalog.stage_dir(Path(workspace), "extract") / key
+
+
 def build_extraction(workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any]) -> None:
     """Extraction stage: media files -> Parquet shards in `extract/<key>/`.
 
-    Shards already written by an interrupted run are kept; `_complete.json` marks the end.
+    The flow first maps `extract_shard_task` over the missing shards (`extraction_plan`), so
+    this normally finds every shard written and only checks them; shards it finds missing
+    are extracted here, one after the other. `_complete.json` marks the end.
     """
-    from flows.params import ExtractParams
-
-    folder = catalog.stage_dir(workspace, "extract") / key
-    shards = extract_features(Path(manifest), Path(media_root), ExtractParams(**settings).settings(), folder)
+    folder = _extraction_dir(workspace, key)
+    shards = extract_features(Path(manifest), Path(media_root), _extract_settings(settings), folder)
     catalog.write_json({"manifest": manifest, "settings": settings, "shards": [p.name for p in shards]},
                        folder / "_complete.json")
 
 
 def _all_shards_present(workspace: Path, key: str) -> bool:
     """A deleted shard makes the extraction incomplete, so only that shard is extracted again."""
-    folder = catalog.stage_dir(workspace, "extract") / key
+    folder = _extraction_dir(workspace, key)
     listed = json.loads((folder / "_complete.json").read_text())["shards"]
     return all((folder / name).exists() for name in listed)
+
+
+def extraction_plan(workspace: str, manifest: str, media_root: str, settings: dict[str, Any]) -> tuple[str, list[int]]:
+    """The extraction stage's key and the shards still to extract: none when the stage is complete
+    (the stage is then one cache hit), else the shards whose file is missing."""
+    params = {"workspace": workspace, "manifest": manifest, "media_root": media_root, "settings": settings}
+    key = EXTRACT.key(params)
+    if EXTRACT.is_built(workspace, key):
+        return key, []
+    folder = _extraction_dir(workspace, key)
+    count = shard_count(len(read_manifest(Path(manifest))), _extract_settings(settings).shard_size)
+    return key, [i for i in range(count) if not shard_path(folder, i).exists()]
+
+
+def build_extraction_shard(
+    workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any], shard: int
+) -> Path:
+    """One shard of the extraction `key`; a shard already written (by a rerun, a retry) is kept as it is."""
+    folder = _extraction_dir(workspace, key)
+    path = shard_path(folder, shard)
+    if path.exists():
+        return path
+    return extract_shard(Path(manifest), Path(media_root), _extract_settings(settings), folder, shard)
 
 
 EXTRACT = Stage("extract", build_extraction, ("/_complete.json",), files=("manifest",),
@@ -78,6 +112,14 @@ def _options(stage: Stage) -> dict[str, Any]:
 @task(**_options(EXTRACT))
 def extract_task(workspace: str, manifest: str, media_root: str, settings: dict[str, Any]) -> str:
     return EXTRACT.run(locals())
+
+
+@task(name="extract_shard", cache_policy=NO_CACHE, task_run_name="extract_shard-{shard}")
+def extract_shard_task(
+    workspace: str, key: str, manifest: str, media_root: str, settings: dict[str, Any], shard: int
+) -> str:
+    """No Prefect cache: the shard file is the cache, and the extract stage's key covers the inputs."""
+    return str(build_extraction_shard(Path(workspace), key, manifest, media_root, settings, shard))
 
 
 @task(**_options(FEATURES))
