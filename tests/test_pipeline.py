@@ -143,3 +143,25 @@ def _train_params(ws: Path, keys: dict[str, str]) -> dict:
         "model_overrides": {"top_k": 3},
         "train_config": asdict(TrainConfig(epochs=int(EPOCHS), seed=0)),
     }
+
+
+def test_prompt_change_reruns_descriptions_and_what_follows(first_run, dataset, monkeypatch, tmp_path):
+    """With an LLM (a real local HTTP server): a new template recomputes descriptions,
+    class embeddings, training and evaluation; features and split stay cached."""
+    from fake_llm_server import FakeLLMServer
+
+    from flows.params import LLMParams
+
+    root, _ = first_run
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+    template = tmp_path / "prompt.txt"
+    with FakeLLMServer() as server:
+        llm = lambda text: LLMParams(mode="llm", template=str(template), base_url=server.base_url)  # noqa: E731
+        template.write_text("Describe how {class_name} looks and sounds.")
+        _run_flow(root, dataset, llm=llm(template.read_text()))
+        requests = len(server.requests)
+        template.write_text("In one sentence, what does {class_name} sound like?")
+        states = _run_flow(root, dataset, llm=llm(template.read_text()))["states"]
+    assert requests == 6 and len(server.requests) == 12  # one request per class, per template
+    assert states["features"] == states["split"] == "Cached"
+    assert all(states[s] == "Completed" for s in ("descriptions", "class_embeddings", "train[CSCF]", "evaluate"))

@@ -1,0 +1,106 @@
+"""`python -m benchmarks [--full] [--json FILE]`: every performance benchmark, one table.
+
+Each ratio compares the project's code with a baseline measured in the same run, on
+the same machine, with the same data (CONTRACTS section 2). `--only train,duckdb` runs
+some of the parts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+from tasks.catalog import write_json
+
+from . import duckdb_queries, extraction, rerun, train
+
+PARTS: dict[str, Callable[[bool], dict[str, float]]] = {
+    "train": train.run,
+    "duckdb": duckdb_queries.run,
+    "extraction": extraction.run,
+    "rerun": rerun.run,
+}
+
+# figure -> (unit, what it means)
+MEANINGS: dict[str, tuple[str, str]] = {
+    "train_samples_per_s": ("samples/s", "cscf_model.train, CSCF config, CPU, 1 thread"),
+    "train_bare_samples_per_s": ("samples/s", "bare Adam loop, same model, batches and losses"),
+    "train_ratio": ("x", "trainer / bare loop throughput (1 = no overhead)"),
+    "train_checkpoint_samples_per_s": ("samples/s", "trainer with torch.save of the state every epoch"),
+    "checkpoint_overhead_ratio": ("x", "trainer time with / without per-epoch checkpoints"),
+    "checkpoint_mb": ("MiB", "size of one epoch checkpoint (weights + Adam state)"),
+    "duckdb_rows": ("rows", "512-d feature rows in the benchmark's features view"),
+    "duckdb_count_s": ("s", "per-class counts per modality (README pivot), best of 3"),
+    "duckdb_knn_s": ("s", "top-10 rows by list_cosine_similarity to one vector, best of 3"),
+    "numpy_knn_s": ("s", "the same top-10 by NumPy from the Parquet file, best of 3"),
+    "duckdb_knn_ratio": ("x", "DuckDB / NumPy nearest-neighbour time (< 1: SQL faster)"),
+    "extraction_clips_per_s": ("clips/s", "extraction stage: decode, encode, write Parquet"),
+    "bare_forward_clips_per_s": ("clips/s", "CLIP + CLAP forward passes alone, same inputs"),
+    "extraction_ratio": ("x", "stage / bare forward throughput (1 = no overhead)"),
+    "first_run_s": ("s", "cscf run on the tiny dataset, --epochs 2, empty cache"),
+    "cached_rerun_s": ("s", "the same cscf run again, every stage cached (best)"),
+    "rerun_floor_s": ("s", "same imports + Prefect in-process flow, one no-op task (best)"),
+    "cached_rerun_ratio": ("x", "cached rerun / floor wall time (1 = caching is free)"),
+    "cached_rerun_cpu_s": ("s", "CPU time of the cached rerun, server process included"),
+    "rerun_floor_cpu_s": ("s", "CPU time of the floor, server process included"),
+    "cached_rerun_cpu_ratio": ("x", "cached rerun / floor CPU time"),
+    "load_avg_start": ("", "1-minute load average when the benchmarks began"),
+    "load_avg_end": ("", "1-minute load average when they ended"),
+    "wall_s": ("s", "wall time of all the benchmarks"),
+}
+
+
+def run_all(full: bool, parts: list[str]) -> dict[str, float]:
+    """The figures of `parts`, in order, plus the machine's load and the total time."""
+    figures = {"load_avg_start": os.getloadavg()[0]}
+    began = time.perf_counter()
+    for name in parts:
+        print(f"benchmarks: {name} ...", file=sys.stderr, flush=True)
+        figures.update(PARTS[name](full))
+    figures["wall_s"] = time.perf_counter() - began
+    figures["load_avg_end"] = os.getloadavg()[0]
+    return figures
+
+
+def _value(x: float) -> str:
+    return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def table(figures: dict[str, float]) -> str:
+    """One aligned row per figure: name, value, unit, meaning."""
+    rows = [("name", "value", "unit", "meaning")]
+    rows += [(k, _value(v), *MEANINGS.get(k, ("", ""))) for k, v in figures.items()]
+    widths = [max(len(r[i]) for r in rows) for i in range(3)]
+    return "\n".join(
+        f"{name:<{widths[0]}}  {value:>{widths[1]}}  {unit:<{widths[2]}}  {meaning}".rstrip()
+        for name, value, unit, meaning in rows
+    )
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__.splitlines()[0])
+    parser.add_argument("--full", action="store_true", help="bigger sizes and more repeats (slower, steadier)")
+    parser.add_argument("--json", type=Path, metavar="FILE", help="also write the figures as one flat JSON object")
+    parser.add_argument("--only", help=f"comma-separated parts (default: all of {','.join(PARTS)})")
+    args = parser.parse_args(argv)
+    parts = args.only.split(",") if args.only else list(PARTS)
+    unknown = [p for p in parts if p not in PARTS]
+    if unknown:
+        parser.error(f"unknown part(s) {', '.join(unknown)}; parts: {', '.join(PARTS)}")
+    figures = run_all(args.full, parts)
+    bad = {k: v for k, v in figures.items() if not math.isfinite(v)}
+    if bad:
+        raise RuntimeError(f"benchmark figures are not finite: {bad}")
+    print(table(figures))
+    if args.json:
+        write_json(figures, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,124 @@
+"""Cached rerun: a second `cscf run` on unchanged inputs against the start-up it cannot avoid.
+
+A rerun whose every stage is a cache hit still starts Python, imports torch, Prefect and
+the stages, starts Prefect's temporary in-process server and runs a flow. The floor is
+exactly that with a trivial flow (one no-op task), in a subprocess started the same way
+on the same workspace; what the rerun takes beyond it is the price of the caching
+itself (cache keys from file and code hashes, cached results read back) and of writing
+metrics.json and report.md again.
+
+    python -m benchmarks --only rerun [--full]
+"""
+
+from __future__ import annotations
+
+import re
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from tasks.catalog import REPO_ROOT
+
+# The tests' tiny dataset, imported as pytest does: a third-party wheel in the
+# environment ships a top-level `tests` package that hides ours.
+sys.path.insert(0, str(REPO_ROOT / "tests"))
+from tiny_data import write_dataset  # noqa: E402
+
+EPOCHS = 2
+
+
+def _timed(command: list[str]) -> tuple[float, float, str]:
+    """Wall seconds, CPU seconds (the process and the children it waited for: Prefect's
+    server) and stdout of `command` run from the repository root; a failure raises."""
+    cpu_before = _children_cpu_s()
+    began = time.perf_counter()
+    done = subprocess.run(command, cwd=REPO_ROOT, capture_output=True, text=True)
+    wall = time.perf_counter() - began
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} exited {done.returncode}:\n{done.stderr[-2000:]}")
+    return wall, _children_cpu_s() - cpu_before, done.stdout
+
+
+def _children_cpu_s() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _stage_states(stdout: str) -> dict[str, str]:
+    """The `stages: name=State, ...` line that `cscf run` prints last."""
+    found = re.findall(r"^stages: (.*)$", stdout, flags=re.MULTILINE)
+    if not found:
+        raise RuntimeError(f"no 'stages:' line in the output of cscf run:\n{stdout[-2000:]}")
+    return dict(item.split("=", 1) for item in found[-1].split(", "))
+
+
+def cached_rerun(command: list[str]) -> tuple[float, float]:
+    """Wall and CPU seconds of `command`, a `cscf run` that must find every stage cached."""
+    wall, cpu, stdout = _timed(command)
+    missed = {k: v for k, v in _stage_states(stdout).items() if v != "Cached"}
+    if missed:
+        raise RuntimeError(f"the rerun was not fully cached (inputs or code changed meanwhile?): {missed}")
+    return wall, cpu
+
+
+def floor_command(workspace: Path) -> list[str]:
+    return [sys.executable, "-m", "benchmarks.rerun", str(workspace)]
+
+
+def floor(workspace: str) -> None:
+    """The floor's subprocess: the CLI's Prefect environment, its imports, a trivial flow."""
+    from flows import cli
+
+    cli._prefect_env(workspace)
+    import flows.pipeline  # noqa: F401  (torch, the model, every stage: what `cscf run` imports)
+    from prefect import flow, task
+
+    @task
+    def noop() -> None:
+        pass
+
+    @flow(name="cscf-floor")
+    def trivial() -> None:
+        noop()
+
+    state = trivial(return_state=True)
+    print(f"floor: {state.name}")
+    if not state.is_completed():
+        raise SystemExit(1)
+
+
+def run(full: bool = False) -> dict[str, float]:
+    """Best wall and CPU seconds of the cached rerun and of the floor (alternating), and their ratios.
+
+    On a machine shared with other jobs both swing by a fifth to a third from one run
+    to the next (CPU time too: contended cores run slower), hence the repeats.
+    """
+    repeats = 3 if full else 2
+    with tempfile.TemporaryDirectory() as tmp:
+        features, classes = write_dataset(Path(tmp) / "data")
+        workspace = Path(tmp) / "workspace"
+        command = [
+            sys.executable, "-m", "flows.cli", "run", "--features", str(features), "--classes", str(classes),
+            "--epochs", str(EPOCHS), "--workspace", str(workspace), "--out", str(Path(tmp) / "out"),
+        ]
+        first_s = _timed(command)[0]  # computes and caches every stage
+        rerun, base = [float("inf")] * 2, [float("inf")] * 2
+        for _ in range(repeats):
+            rerun = [min(a, b) for a, b in zip(rerun, cached_rerun(command))]
+            base = [min(a, b) for a, b in zip(base, _timed(floor_command(workspace))[:2])]
+    return {
+        "first_run_s": first_s,
+        "cached_rerun_s": rerun[0],
+        "rerun_floor_s": base[0],
+        "cached_rerun_ratio": rerun[0] / base[0],
+        "cached_rerun_cpu_s": rerun[1],
+        "rerun_floor_cpu_s": base[1],
+        "cached_rerun_cpu_ratio": rerun[1] / base[1],
+    }
+
+
+if __name__ == "__main__":
+    floor(sys.argv[1])  # the floor's subprocess: python -m benchmarks.rerun WORKSPACE
