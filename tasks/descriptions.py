@@ -31,6 +31,7 @@ import pandas as pd
 import pyarrow as pa
 
 from tasks import catalog
+from tasks.features import read_classes
 from tasks.llm_client import ChatLLM, LLMCallAbandoned, LLMCallError, RetryPolicy
 
 log = logging.getLogger("cscf.descriptions")
@@ -348,3 +349,12 @@ def _read_cached(path: Path, n: int) -> list[str] | None:
 
 def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def build_descriptions(workspace: Path, key: str, classes: str, settings: dict[str, Any], fingerprint: dict[str, Any]) -> None:
+    """Descriptions stage. `fingerprint` (settings.cache_fields()) only feeds the cache key:
+    it holds the template's content hash and the resolved LLM/offline mode."""
+    table = generate_descriptions(
+        read_classes(classes), DescriptionSettings(**settings), catalog.stage_dir(workspace, "descriptions") / "per-class"
+    )
+    catalog.write_table(table, catalog.stage_output(workspace, "descriptions", key), catalog.DESCRIPTIONS)

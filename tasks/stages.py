@@ -17,24 +17,15 @@ from prefect.cache_policies import NO_CACHE
 
 from . import caching
 from .caching import Stage, StageCachePolicy
-from .descriptions import DescriptionSettings, generate_descriptions
+from .descriptions import build_descriptions
 from .embeddings import build_class_embeddings
 from .evaluate import build_evaluation
-from .features import build_features, read_classes
+from .features import build_features
 from .split import build_split
 from .extract import ExtractSettings, extract_features, extract_shard, read_manifest, shard_count, shard_path
 from .baselines import build_baseline
 from .train import build_training
 from . import catalog
-
-
-def build_descriptions(workspace: Path, key: str, classes: str, settings: dict[str, Any], fingerprint: dict[str, Any]) -> None:
-    """Descriptions stage. `fingerprint` (settings.cache_fields()) only feeds the cache key:
-    it holds the template's content hash and the resolved LLM/offline mode."""
-    table = generate_descriptions(
-        read_classes(classes), DescriptionSettings(**settings), catalog.stage_dir(workspace, "descriptions") / "per-class"
-    )
-    catalog.write_table(table, catalog.stage_output(workspace, "descriptions", key), catalog.DESCRIPTIONS)
 
 
 def _extract_settings(settings: dict[str, Any]) -> ExtractSettings:
