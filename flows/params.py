@@ -40,17 +40,6 @@ class ExtractParams(BaseModel):
     shard_size: int = Field(256, ge=1, description="manifest rows per output shard (the unit of resumption)")
     batch_size: int = Field(32, ge=1)
 
-    def settings(self):  # -> tasks.extract.ExtractSettings
-        from tasks.extract import ExtractSettings
-        from tasks.media_encoders import AudioEncoderSpec, ImageEncoderSpec
-
-        return ExtractSettings(
-            image=ImageEncoderSpec(self.clip_model, self.clip_pretrained),
-            audio=AudioEncoderSpec(self.clap_model, self.clap_checkpoint),
-            modalities=tuple(self.modalities), frames=self.frames, shard_size=self.shard_size,
-            batch_size=self.batch_size, progress=False,
-        )
-
 
 class PipelineParams(BaseModel):
     """Everything a run of the `cscf` flow depends on."""

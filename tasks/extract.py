@@ -81,6 +81,17 @@ class ExtractSettings:
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
 
+    @classmethod
+    def from_flat(cls, fields: dict[str, Any]) -> "ExtractSettings":
+        """From the flat form the flow's parameters use (clip_model, clip_pretrained,
+        clap_model, clap_checkpoint, modalities, frames, shard_size, batch_size)."""
+        return cls(
+            image=ImageEncoderSpec(fields["clip_model"], fields["clip_pretrained"]),
+            audio=AudioEncoderSpec(fields["clap_model"], fields["clap_checkpoint"]),
+            modalities=tuple(fields["modalities"]), frames=fields["frames"], shard_size=fields["shard_size"],
+            batch_size=fields["batch_size"], progress=False,
+        )
+
     @property
     def frame_count(self) -> int:
         return 1 if self.frames == "middle" else int(self.frames)

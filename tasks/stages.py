@@ -29,9 +29,7 @@ from . import catalog
 
 
 def _extract_settings(settings: dict[str, Any]) -> ExtractSettings:
-    from flows.params import ExtractParams
-
-    return ExtractParams(**settings).settings()
+    return ExtractSettings.from_flat(settings)
 
 
 def _extraction_dir(workspace: str | Path, key: str) -> Path:
