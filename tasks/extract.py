@@ -389,3 +389,41 @@ def _write_shard(
     failed_table = pa.Table.from_pylist(failures, schema=catalog.EXTRACTION_FAILURES)
     catalog.write_table(failed_table, failures_path(out_dir, shard), catalog.EXTRACTION_FAILURES)
     return catalog.write_table(pa.concat_tables(tables), shard_path(out_dir, shard), catalog.MEDIA_FEATURES)
+
+
+# The extraction stage (its Prefect wrappers are in tasks/stages.py).
+
+
+def extraction_dir(workspace: str | Path, key: str) -> Path:
+    return catalog.stage_dir(Path(workspace), "extract") / key
+
+
+def build_extraction(workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any]) -> None:
+    """Extraction stage: media files -> Parquet shards in `extract/<key>/`.
+
+    The flow first maps `extract_shard_task` over the missing shards (`extraction_plan`), so
+    this normally finds every shard written and only checks them; shards it finds missing
+    are extracted here, one after the other. `_complete.json` marks the end.
+    """
+    folder = extraction_dir(workspace, key)
+    shards = extract_features(Path(manifest), Path(media_root), ExtractSettings.from_flat(settings), folder)
+    catalog.write_json({"manifest": manifest, "settings": settings, "shards": [p.name for p in shards]},
+                       folder / "_complete.json")
+
+
+def all_shards_present(workspace: Path, key: str) -> bool:
+    """A deleted shard makes the extraction incomplete, so only that shard is extracted again."""
+    folder = extraction_dir(workspace, key)
+    listed = json.loads((folder / "_complete.json").read_text())["shards"]
+    return all((folder / name).exists() for name in listed)
+
+
+def build_extraction_shard(
+    workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any], shard: int
+) -> Path:
+    """One shard of the extraction `key`; a shard already written (by a rerun, a retry) is kept as it is."""
+    folder = extraction_dir(workspace, key)
+    path = shard_path(folder, shard)
+    if path.exists():
+        return path
+    return extract_shard(Path(manifest), Path(media_root), ExtractSettings.from_flat(settings), folder, shard)

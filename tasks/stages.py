@@ -22,38 +22,13 @@ from .embeddings import build_class_embeddings
 from .evaluate import build_evaluation
 from .features import build_features
 from .split import build_split
-from .extract import ExtractSettings, extract_features, extract_shard, read_manifest, shard_count, shard_path
+from .extract import (
+    ExtractSettings, all_shards_present, build_extraction, build_extraction_shard, extraction_dir, read_manifest,
+    shard_count, shard_path,
+)
 from .baselines import build_baseline
 from .train import build_training
 from . import catalog
-
-
-def _extract_settings(settings: dict[str, Any]) -> ExtractSettings:
-    return ExtractSettings.from_flat(settings)
-
-
-def _extraction_dir(workspace: str | Path, key: str) -> Path:
-    return catalog.stage_dir(Path(workspace), "extract") / key
-
-
-def build_extraction(workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any]) -> None:
-    """Extraction stage: media files -> Parquet shards in `extract/<key>/`.
-
-    The flow first maps `extract_shard_task` over the missing shards (`extraction_plan`), so
-    this normally finds every shard written and only checks them; shards it finds missing
-    are extracted here, one after the other. `_complete.json` marks the end.
-    """
-    folder = _extraction_dir(workspace, key)
-    shards = extract_features(Path(manifest), Path(media_root), _extract_settings(settings), folder)
-    catalog.write_json({"manifest": manifest, "settings": settings, "shards": [p.name for p in shards]},
-                       folder / "_complete.json")
-
-
-def _all_shards_present(workspace: Path, key: str) -> bool:
-    """A deleted shard makes the extraction incomplete, so only that shard is extracted again."""
-    folder = _extraction_dir(workspace, key)
-    listed = json.loads((folder / "_complete.json").read_text())["shards"]
-    return all((folder / name).exists() for name in listed)
 
 
 def extraction_plan(workspace: str, manifest: str, media_root: str, settings: dict[str, Any]) -> tuple[str, list[int]]:
@@ -63,24 +38,13 @@ def extraction_plan(workspace: str, manifest: str, media_root: str, settings: di
     key = EXTRACT.key(params)
     if EXTRACT.is_built(workspace, key):
         return key, []
-    folder = _extraction_dir(workspace, key)
-    count = shard_count(len(read_manifest(Path(manifest))), _extract_settings(settings).shard_size)
+    folder = extraction_dir(workspace, key)
+    count = shard_count(len(read_manifest(Path(manifest))), ExtractSettings.from_flat(settings).shard_size)
     return key, [i for i in range(count) if not shard_path(folder, i).exists()]
 
 
-def build_extraction_shard(
-    workspace: Path, key: str, manifest: str, media_root: str, settings: dict[str, Any], shard: int
-) -> Path:
-    """One shard of the extraction `key`; a shard already written (by a rerun, a retry) is kept as it is."""
-    folder = _extraction_dir(workspace, key)
-    path = shard_path(folder, shard)
-    if path.exists():
-        return path
-    return extract_shard(Path(manifest), Path(media_root), _extract_settings(settings), folder, shard)
-
-
 EXTRACT = Stage("extract", build_extraction, ("/_complete.json",), files=("manifest",),
-                code=("tasks.extract", "tasks.media", "tasks.media_encoders"), complete=_all_shards_present)
+                code=("tasks.media", "tasks.media_encoders"), complete=all_shards_present)
 FEATURES = Stage("features", build_features, (".parquet", ".rejected.parquet"), files=("features", "classes", "published"),
                  code=("tasks.default_dataset", "tasks.published_features"))
 DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), code=("tasks.descriptions", "tasks.llm_client"))
