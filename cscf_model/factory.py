@@ -15,11 +15,13 @@ def create_model(
     input_dims: list[int],
     class_emb: torch.Tensor,
     seen: torch.Tensor,
+    aligned: torch.Tensor | None = None,
     **overrides: Any,
 ) -> CSCF:
     """Build CSCF or one of its ablations ("B", "B+O", "B+O+D").
 
-    `overrides` change config fields (e.g. top_k=5) without editing the JSON files.
+    `aligned` (M,) marks text-aligned modalities (calibration.text_aligned); `overrides`
+    change config fields (e.g. top_k=5) without editing the JSON files.
     """
     cfg = load_config(config) if isinstance(config, str) else config
     if overrides:
@@ -29,7 +31,7 @@ def create_model(
             f"seen must be (modalities={len(input_dims)}, classes={class_emb.shape[0]}), "
             f"got {tuple(seen.shape)}"
         )
-    return CSCF(cfg, input_dims, class_emb, seen)
+    return CSCF(cfg, input_dims, class_emb, seen, aligned)
 
 
 def model_from_checkpoint(state: dict[str, Any]) -> CSCF:
@@ -39,6 +41,7 @@ def model_from_checkpoint(state: dict[str, Any]) -> CSCF:
         state["input_dims"],
         state["model"]["class_emb"],
         state["model"]["seen"],
+        state["model"]["aligned"],
     )
     model.load_state_dict(state["model"])
     return model

@@ -16,7 +16,7 @@ from cscf_model import TrainConfig
 from cscf_model.baselines import create_baseline
 
 from . import catalog
-from .evaluate import Predict, evaluate_method
+from .scoring import Predict, evaluate_method
 from .mmhcl_data import load_mmhcl
 
 

@@ -178,3 +178,14 @@ REJECTED = pa.schema(
         ("reason", pa.string()),
     ]
 )
+
+
+def write_figure(fig: Any, path: Path) -> Path:
+    """Save a matplotlib figure as PNG, atomically, and close it."""
+    import matplotlib.pyplot as plt  # only the stages that draw pay for matplotlib
+
+    fig.tight_layout()
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format="png", dpi=110)
+    plt.close(fig)
+    return Path(path)

@@ -8,59 +8,31 @@ paper's Table 2, where modules are added to one model).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Callable
 
 import pyarrow as pa
 import torch
 
 from cscf_model import model_from_checkpoint
-from cscf_model.metrics import acc_mix, accuracy, routing_accuracy, subsets
 
 from . import catalog
 from .mmhcl_data import MMHCLData, load_mmhcl
 from .report import render_report
+from .scoring import cscf_predict, evaluate_method
+from .seen_unseen import plot_seen_unseen, seen_unseen_curves, seen_unseen_diagnostics
 
 # method name -> (trained model it uses, fusion at inference)
 METHODS = {"B": ("B", "mean"), "B+O": ("CSCF", "mean"), "B+O+D": ("CSCF", "dominant"), "CSCF": ("CSCF", "csmf")}
+SEEN_UNSEEN_PNG = "seen_unseen.png"  # the report links the figure by this name, next to it in --out
 
 
-# A method under evaluation: (features per modality, presence (B, M)) ->
-# (scores (B, N), dominant modality (B,), DMSS uncertainty (M, B) or None).
-Predict = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
-
-
-def cscf_predict(model: torch.nn.Module, fusion: str) -> Predict:
-    """CSCF (or an ablation, by `fusion`) as a Predict function."""
-
-    def predict(feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        out = model(feats, present, fusion=fusion)
-        return out.fused, out.dominant, out.u
-
-    return predict
-
-
-@torch.no_grad()
-def evaluate_method(predict: Predict, data: MMHCLData) -> tuple[dict[str, float], list[dict[str, Any]], dict[str, float]]:
-    """Accuracy on every Table 1 subset, the per-sample rows, and DMSS routing accuracies."""
-    test, scores, rows, routing = data.test, {}, [], {}
-    for sub in subsets(test.seen_by, test.available):
-        scores_b, dominant, u = predict([x[sub.rows] for x in test.features], sub.present)
-        pred, labels = scores_b.argmax(-1), test.labels[sub.rows]
-        scores[sub.name] = accuracy(pred, labels)
-        if sub.present.all() and len(sub.rows):
-            routing[sub.name] = routing_accuracy(dominant, test.seen_by[sub.rows])
-        for i, r in enumerate(sub.rows.tolist()):
-            rows.append({
-                "subset": sub.name,
-                "sample_id": test.sample_ids[r],
-                "true_class": data.class_names[int(labels[i])],
-                "predicted_class": data.class_names[int(pred[i])],
-                "dominant": data.modalities[int(dominant[i])],
-                "u_a": None if u is None else float(u[0, i]),
-                "u_b": None if u is None else float(u[1, i]),
-            })
-    scores["acc_mix"] = acc_mix(scores)
-    return scores, rows, routing
+def _uncalibrated_scores(model: torch.nn.Module, data: MMHCLData) -> dict[str, float]:
+    """Table 1 scores of the full model with its calibration margins set to 0."""
+    margin = model.margin.clone()
+    try:
+        model.margin.zero_()
+        return evaluate_method(cscf_predict(model, "csmf"), data)[0]
+    finally:
+        model.margin.copy_(margin)
 
 
 def build_evaluation(
@@ -73,9 +45,12 @@ def build_evaluation(
     dataset: str,
     seed: int,
 ) -> None:
-    """Write `<key>.metrics.json` (CONTRACTS section 3), `<key>.predictions.parquet`, `<key>.report.md`.
+    """Write `<key>.metrics.json` (CONTRACTS section 3), `<key>.predictions.parquet`,
+    `<key>.report.md` and `<key>.seen_unseen.png`.
 
-    `trained` maps a trained model name ("B", "CSCF") to its training stage key.
+    `trained` maps a trained model name ("B", "CSCF") to its training stage key. CSCF is
+    also scored with its calibration margins set to 0 (diagnostics `CSCF_uncalibrated`),
+    so the report shows Table 1 with and without calibration from one trained model.
     """
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
     models = {
@@ -90,6 +65,11 @@ def build_evaluation(
         if method == "CSCF":
             diagnostics["dmss_routing_accuracy"] = routing["A_all+B_all"]
             diagnostics.update({f"dmss_routing_accuracy_{k}": v for k, v in routing.items() if k != "A_all+B_all"})
+    cscf = models["CSCF"]
+    diagnostics["CSCF_uncalibrated"] = _uncalibrated_scores(cscf, data)
+    curves = seen_unseen_curves(cscf, data)
+    diagnostics["seen_unseen"] = seen_unseen_diagnostics(cscf, data, curves)
+    plot_seen_unseen(curves, diagnostics["seen_unseen"], catalog.stage_output(workspace, "evaluate", key, ".seen_unseen.png"))
     seen = data.seen
     metrics = {
         "dataset": dataset,
@@ -109,9 +89,10 @@ def build_evaluation(
 
 
 def publish(workspace: Path, key: str, out_dir: Path) -> dict[str, Path]:
-    """Copy one evaluation's metrics.json and report.md into the user's --out folder."""
+    """Copy one evaluation's metrics.json, report.md and figure into the user's --out folder."""
     written = {}
-    for suffix, name in ((".metrics.json", "metrics.json"), (".report.md", "report.md")):
-        text = catalog.stage_output(workspace, "evaluate", key, suffix).read_text()
-        written[name] = catalog.write_text(text, Path(out_dir) / name)
+    for suffix, name in ((".metrics.json", "metrics.json"), (".report.md", "report.md"), (".seen_unseen.png", SEEN_UNSEEN_PNG)):
+        with catalog.atomic_path(Path(out_dir) / name) as tmp:
+            tmp.write_bytes(catalog.stage_output(workspace, "evaluate", key, suffix).read_bytes())
+        written[name] = Path(out_dir) / name
     return written

@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from cscf_model import CSCF  # noqa: E402
 
 from . import catalog  # noqa: E402
-from .evaluate import cscf_predict, evaluate_method  # noqa: E402
+from .scoring import cscf_predict, evaluate_method  # noqa: E402
 from .mmhcl_data import MMHCLData  # noqa: E402
 
 SWEEP_SUBSETS = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
@@ -50,7 +50,7 @@ def plot_topk_sweep(sweep: dict[str, dict[int, dict[str, float]]], path: Path) -
         ax.grid(alpha=0.3)
     axes[0].legend(fontsize=8)
     fig.suptitle("Figure 4: CSMF top-k sweep")
-    return _save(fig, path)
+    return catalog.write_figure(fig, path)
 
 
 @torch.no_grad()
@@ -77,12 +77,4 @@ def plot_uncertainty(u: dict[str, torch.Tensor], modalities: list[str], path: Pa
     axes[0].set_ylabel("DMSS uncertainty u")
     axes[0].legend(fontsize=8)
     fig.suptitle("Figure 7: per-sample uncertainty of each modality")
-    return _save(fig, path)
-
-
-def _save(fig: plt.Figure, path: Path) -> Path:
-    fig.tight_layout()
-    with catalog.atomic_path(path) as tmp:
-        fig.savefig(tmp, format="png", dpi=110)
-    plt.close(fig)
-    return path
+    return catalog.write_figure(fig, path)

@@ -30,7 +30,9 @@ def render_report(metrics: dict[str, Any]) -> str:
         [[label, *(_fmt(methods[key].get(k)) for k in TABLE2)] for key, label in ABLATION if key in methods],
     )
     a, b = metrics["modalities"]
-    diag = "\n".join(f"- {k}: {_fmt(v) if isinstance(v, float) else v}" for k, v in metrics.get("diagnostics", {}).items())
+    diagnostics = metrics.get("diagnostics", {})
+    diag = "\n".join(f"- {k}: {_fmt(v) if isinstance(v, float) else v}" for k, v in diagnostics.items()
+                     if not isinstance(v, dict))
     return f"""# CSCF report: {metrics['dataset']} (seed {metrics['seed']})
 
 Modality A = `{a}` (seen classes A_s: {len(metrics['classes']['A_seen'])}), modality B = `{b}` (seen classes B_s: {len(metrics['classes']['B_seen'])}).
@@ -48,4 +50,35 @@ A_s+B_u / A_u+B_s: both modalities on A_s / B_s classes; acc_mix: mean of the fi
 ## Diagnostics
 
 {diag}
+{render_calibration(methods.get("CSCF", {}), diagnostics)}"""
+
+
+SEEN_UNSEEN = (("margin", "margin"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("harmonic_mean", "H"),
+               ("seen_acc_uncalibrated", "seen (margin 0)"), ("unseen_acc_uncalibrated", "unseen (margin 0)"),
+               ("harmonic_mean_uncalibrated", "H (margin 0)"), ("ausuc", "AUSUC"),
+               ("cosine_rule_unseen_acc", "cosine rule, unseen"))
+
+
+def render_calibration(cscf: dict[str, float], diagnostics: dict[str, Any]) -> str:
+    """Table 1 with and without calibrated stacking, and each modality's seen/unseen trade-off."""
+    if "seen_unseen" not in diagnostics:
+        return ""
+    t1 = markdown_table(["CSCF", *TABLE1], [["calibrated", *(_fmt(cscf.get(k)) for k in TABLE1)],
+                                            ["margin 0", *(_fmt(diagnostics["CSCF_uncalibrated"].get(k)) for k in TABLE1)]])
+    su = markdown_table(["Modality", *(label for _, label in SEEN_UNSEEN)],
+                        [[m, *(_fmt(d[k]) for k, _ in SEEN_UNSEEN)] for m, d in diagnostics["seen_unseen"].items()])
+    return f"""
+## Unseen classes: calibration
+
+Calibrated stacking subtracts each modality's margin (chosen on training data only) from
+the logits of the classes it saw. Seen / unseen: that modality alone on test samples of
+its seen / unseen classes (A_s and A_u for A); H: their harmonic mean; AUSUC: area under
+the seen/unseen curve as the margin moves (percent); cosine rule: the training-free
+argmax of cos(features, class semantics), where the features share the text space.
+
+{t1}
+
+{su}
+
+![seen/unseen accuracy per modality](seen_unseen.png)
 """

@@ -51,10 +51,10 @@ DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), cod
 CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.text_encoders",))
 SPLIT = Stage("split", build_split, (".classes.parquet", ".samples.parquet"), files=("classes",))
 TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.mmhcl_data"))
-EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md"),
-                 code=("cscf_model", "tasks.mmhcl_data", "tasks.report"))
+EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md", ".seen_unseen.png"),
+                 code=("cscf_model", "tasks.mmhcl_data", "tasks.scoring", "tasks.report", "tasks.seen_unseen"))
 BASELINE = Stage("baselines", build_baseline, (".metrics.json", ".predictions.parquet"),
-                 code=("cscf_model", "tasks.mmhcl_data", "tasks.evaluate"))
+                 code=("cscf_model.baselines", "cscf_model.trainer", "cscf_model.metrics", "tasks.mmhcl_data", "tasks.scoring"))
 STAGES = {s.name: s for s in (EXTRACT, FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
 
 

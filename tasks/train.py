@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from cscf_model import TrainConfig, create_model, train
+from cscf_model.calibration import fit_margins, text_aligned
 
 from . import catalog
 from .mmhcl_data import load_mmhcl
@@ -48,11 +49,18 @@ def build_training(
     model_overrides: dict[str, Any],
     train_config: dict[str, Any],
 ) -> None:
-    """Train `method` (a shipped model config name) and write `<key>.pt`."""
+    """Train `method` (a shipped model config name) and write `<key>.pt`.
+
+    Text-aligned modalities are detected on training data; with calibration on, a second
+    model trained on pseudo-seen classes chooses each modality's margin (calibration.py).
+    """
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
     cfg = TrainConfig(**train_config)
     torch.manual_seed(cfg.seed)  # the initial weights too are a function of the seed
-    model = create_model(method, data.input_dims, data.class_emb, data.seen, **model_overrides)
+    aligned = text_aligned(data.train, data.class_emb)
+    make_model = lambda seen: create_model(  # noqa: E731
+        method, data.input_dims, data.class_emb, seen, aligned, **model_overrides)
+    model = make_model(data.seen)
     resume = latest_checkpoint(workspace, key)
     if resume is not None:
         log.info("%s: resuming from epoch %d of %d", method, resume["epoch"] + 1, cfg.epochs)
@@ -70,6 +78,12 @@ def build_training(
     final = latest_checkpoint(workspace, key)
     assert final is not None and final["epoch"] == cfg.epochs - 1
     final.pop("optimizer")
+    if model.config.calibration == "stacking":
+        c = model.config
+        margins = fit_margins(make_model, data.train, data.seen, cfg, c.calibration_holdout,
+                              c.calibration_criterion, c.calibration_max_seen_drop)
+        final["model"]["margin"] = torch.tensor(margins)
+        log.info("%s: calibrated stacking margins %s (chosen on training data)", method, margins)
     final["modalities"] = data.modalities
     final["class_names"] = data.class_names
     _save(final, catalog.stage_output(workspace, "train", key, ".pt"))

@@ -60,6 +60,13 @@ def test_run_writes_contract_metrics_and_report(first_run):
     assert f"{cscf['A_s+B_u']:.2f}" in report and f"{cscf['acc_mix']:.2f}" in report
     # seen classes are learned even in 4 epochs on this easy data
     assert cscf["A_s"] > 60 and cscf["B_s"] > 60
+    # issue 6: the seen/unseen trade-off per modality, Table 1 without calibration, the figure
+    for modality in ("audio", "video"):
+        su = metrics["diagnostics"]["seen_unseen"][modality]
+        assert 0 <= su["ausuc"] <= 100 and su["seen_acc"] == pytest.approx(cscf["A_s" if modality == "audio" else "B_s"])
+    assert set(metrics["diagnostics"]["CSCF_uncalibrated"]) == METRIC_KEYS
+    assert "## Unseen classes: calibration" in report and "![seen/unseen accuracy per modality](seen_unseen.png)" in report
+    assert (root / "out" / "seen_unseen.png").read_bytes()[:4] == b"\x89PNG"
 
 
 def test_second_run_recomputes_nothing(first_run, dataset):
@@ -126,6 +133,39 @@ def test_interrupted_training_resumes_from_last_checkpoint(first_run, dataset, m
     assert key == keys["train[CSCF]"]
     clean = torch.load(ws / "train" / f"{key}.pt", weights_only=False)["model"]
     assert all(torch.equal(resumed[k], clean[k]) for k in clean)
+
+
+def test_choosing_the_margin_never_reads_the_test_split(first_run, dataset, tmp_path):
+    """Training, margin choice included, gives the same model when every test-split
+    feature is replaced by noise: nothing of the test split enters the choice."""
+    import numpy as np
+    import pyarrow as pa
+
+    from tasks import catalog
+    from tasks.stages import TRAIN
+
+    root, _ = first_run
+    ws = root / "ws"
+    keys = _run_flow(root, dataset)["keys"]
+    params = _train_params(ws, keys)
+    poisoned = tmp_path / "ws"
+    shutil.copytree(ws, poisoned, ignore=shutil.ignore_patterns("train", "evaluate"))
+    features = catalog.stage_output(poisoned, "features", keys["features"])
+    table = catalog.read_table(features)
+    split = catalog.read_table(catalog.stage_output(ws, "split", keys["split"], ".samples.parquet")).to_pandas()
+    test_ids = set(split.loc[split["split"] == "test", "sample_id"])
+    rng = np.random.default_rng(0)
+    vectors = [rng.normal(size=len(v)).tolist() if sid in test_ids else v
+               for sid, v in zip(table["sample_id"].to_pylist(), table["vector"].to_pylist())]
+    assert sum(sid in test_ids for sid in table["sample_id"].to_pylist()) > 0
+    table = table.set_column(table.schema.get_field_index("vector"), "vector",
+                             pa.array(vectors, type=table.schema.field("vector").type))
+    catalog.write_table(table, features, table.schema)
+    TRAIN.build(poisoned, "poisoned", **{k: v for k, v in params.items() if k != "workspace"})
+    clean = torch.load(ws / "train" / f"{keys['train[CSCF]']}.pt", weights_only=False)["model"]
+    trained = torch.load(poisoned / "train" / "poisoned.pt", weights_only=False)["model"]
+    assert clean["margin"].abs().sum() > 0  # a margin was chosen, not left at 0
+    assert all(torch.equal(trained[k], clean[k]) for k in clean)
 
 
 def _train_params(ws: Path, keys: dict[str, str]) -> dict:
