@@ -14,20 +14,16 @@ Usage: .venv/bin/python data/examples/make_digits.py OUT_DIR
 
 from __future__ import annotations
 
-import csv
-import io
 import sys
 from pathlib import Path
 
-import numpy as np
-import pyarrow as pa
 from sklearn.datasets import load_digits
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, not only as a module
     sys.path.insert(0, str(REPO_ROOT))
 
-from tasks import catalog  # noqa: E402
+from data.examples.long_form import standardise, write_dataset  # noqa: E402
 
 # Descriptions become the class semantics, so they say what the strokes look like.
 SHAPES = {
@@ -43,14 +39,6 @@ SHAPES = {
     "nine": "a closed loop at the top with a straight tail down the right side",
 }
 
-FEATURES_NO_SPLIT = pa.schema([field for field in catalog.FEATURES if field.name != "split"])
-
-
-def _standardise(view: np.ndarray) -> np.ndarray:
-    """Zero mean, unit variance per pixel; pixels that never vary (blank borders) stay 0."""
-    std = view.std(axis=0)
-    return ((view - view.mean(axis=0)) / np.where(std > 0, std, 1.0)).astype(np.float32)
-
 
 def make_digits(out_dir: Path) -> tuple[Path, Path]:
     """Write classes.csv and features.parquet for the two-view digits; return their paths."""
@@ -60,30 +48,11 @@ def make_digits(out_dir: Path) -> tuple[Path, Path]:
     sample_ids = [f"digit-{i:04d}" for i in range(n)]
     class_names = [names[label] for label in digits.target]
     views = {
-        "left": _standardise(digits.images[:, :, :4].reshape(n, -1)),
-        "right": _standardise(digits.images[:, :, 4:].reshape(n, -1)),
+        "left": standardise(digits.images[:, :, :4].reshape(n, -1)),
+        "right": standardise(digits.images[:, :, 4:].reshape(n, -1)),
     }
-    table = pa.concat_tables(
-        pa.table(
-            {
-                "sample_id": sample_ids,
-                "class_name": class_names,
-                "modality": [modality] * n,
-                "vector": pa.array(list(vectors), type=FEATURES_NO_SPLIT.field("vector").type),
-            }
-        )
-        for modality, vectors in views.items()
-    )
-    out_dir = Path(out_dir)
-    features = catalog.write_table(table, out_dir / "features.parquet", FEATURES_NO_SPLIT)
-
-    buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(["class_name", "description"])
-    for name, shape in SHAPES.items():
-        writer.writerow([name, f"the handwritten digit {name}, {shape}"])
-    classes = catalog.write_text(buffer.getvalue(), out_dir / "classes.csv")
-    return classes, features
+    descriptions = {name: f"the handwritten digit {name}, {shape}" for name, shape in SHAPES.items()}
+    return write_dataset(Path(out_dir), sample_ids, class_names, views, descriptions)
 
 
 def main(argv: list[str]) -> int:

@@ -1,0 +1,331 @@
+"""A real dataset whose first view lives in the same text space as the class semantics.
+
+Items are the public, Python-source functions and methods of a fixed list of installed
+modules (stdlib and packages in the project's environment); an item's class is the
+module or package it was written in, e.g. `logging.Logger.info` is a "logging" item.
+Each item is seen through two views of the same function:
+
+- `doc`: the MiniLM embedding of its docstring. Class descriptions are the first
+  paragraph of each module's own docstring, embedded by the same encoder, so this
+  view is text-aligned with the class semantics (as the paper assumes for CLIP/CLAP
+  features) and a training-free cosine rule already beats chance.
+- `code`: the identifier and keyword pieces of its source (`getLogger` -> get, logger),
+  TF-IDF -> TruncatedSVD(128) -> standardised. String literals, docstrings among them,
+  and comments are left out, so the two views share no prose. TF-IDF and the SVD are
+  fitted on all items without their labels: unsupervised preprocessing, like fitting
+  a feature extractor; it sees the code of items that end up in the test split, but
+  never a label.
+
+Everything comes from the local environment (no network); the output is deterministic
+for a given environment, but other library versions give other items.
+
+Writes, in the bring-your-own-features format (CONTRACTS section 1):
+  OUT_DIR/classes.csv        class_name (module name) and description (its docstring)
+  OUT_DIR/features.parquet   long form, modalities `doc` and `code`, no split column
+
+Usage: .venv/bin/python data/examples/make_pydocs.py OUT_DIR
+"""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import inspect
+import io
+import pkgutil
+import random
+import re
+import sys
+import textwrap
+import time
+import tokenize
+import warnings
+from collections import Counter
+from pathlib import Path
+from types import CodeType, FunctionType, ModuleType
+from typing import Iterator, NamedTuple, Sequence
+
+import numpy as np
+from sklearn.decomposition import TruncatedSVD
+from sklearn.feature_extraction.text import TfidfVectorizer
+from sklearn.linear_model import LogisticRegression
+from sklearn.model_selection import cross_val_score
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, not only as a module
+    sys.path.insert(0, str(REPO_ROOT))
+
+from data.examples.long_form import standardise, write_dataset  # noqa: E402
+from tasks import catalog  # noqa: E402
+from tasks.features import read_classes  # noqa: E402
+from tasks.text_encoders import build_text_encoder  # noqa: E402
+
+# One class per module or package. Chosen to be semantically distinct, to have at least
+# 40 usable items each, and to open with an informative docstring paragraph; none of
+# them opens a window, starts a server or takes long to import.
+MODULES = (
+    "logging",
+    "email",
+    "asyncio",
+    "unittest",
+    "importlib",
+    "inspect",
+    "numpy.polynomial",
+    "torch.optim",
+    "sklearn.metrics",
+    "sklearn.cluster",
+    "sklearn.preprocessing",
+    "sklearn.datasets",
+    "PIL",
+    "matplotlib.colors",
+    "jinja2",
+    "markdown",
+    "tornado",
+    "click",
+    "rich",
+    "sympy.solvers",
+    "networkx.generators",
+    "h5py",
+    "sqlalchemy.orm",
+)
+PER_CLASS = 120
+MIN_DOC_CHARS = 40  # shorter docstrings ("Return x.") say too little to embed
+DOC_CHARS = 1000  # MiniLM reads 256 word pieces; the rest would be cut anyway
+MIN_DESCRIPTION_CHARS = 30
+SVD_WIDTH = 128
+# Submodules never imported: test suites, entry points (rich.__main__ prints a demo),
+# GUI bindings and reports.
+SKIPPED_PARTS = frozenset({"tests", "test", "testing", "conftest", "__main__"})
+SKIPPED_MODULES = frozenset({"PIL.report", "PIL.ImageTk", "PIL.ImageQt"})  # PIL.report prints on import
+# One identifier piece: an acronym (HTTP in HTTPServer) or a word (server, Server).
+IDENTIFIER_PIECE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
+
+
+class Item(NamedTuple):
+    """One function or method: its class, its cleaned docstring and its code tokens."""
+
+    sample_id: str
+    class_name: str
+    doc: str
+    tokens: list[str]
+
+
+class PydocsBuild(NamedTuple):
+    """What make_pydocs wrote, and how many items it left out, by reason."""
+
+    classes: Path
+    features: Path
+    counts: dict[str, int]
+    skipped: Counter[str]
+
+
+def _quiet_import(name: str) -> ModuleType:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return importlib.import_module(name)
+
+
+def module_description(name: str) -> str:
+    """The class description: the first paragraph of the module's own docstring."""
+    doc = inspect.getdoc(_quiet_import(name)) or ""
+    first = " ".join(re.split(r"\n\s*\n", doc.strip())[0].split())
+    if len(first) < MIN_DESCRIPTION_CHARS:
+        raise ValueError(
+            f"module {name}: first docstring paragraph {first!r} is shorter than "
+            f"{MIN_DESCRIPTION_CHARS} characters, too little to describe the class"
+        )
+    return f"Python module {name}: {first}"
+
+
+def code_tokens(func: FunctionType) -> list[str]:
+    """Lower-cased identifier and keyword pieces of a function's source.
+
+    Only name tokens count, so docstrings (string literals like any other) and comments
+    never reach the code view. Raises OSError or TypeError when the source is not
+    available and SyntaxError when it does not parse on its own (a method whose
+    multi-line string breaks its indentation cannot be dedented).
+    """
+    source = textwrap.dedent(inspect.getsource(func))
+    ast.parse(source)
+    names = (tok.string for tok in tokenize.generate_tokens(io.StringIO(source).readline) if tok.type == tokenize.NAME)
+    return [piece.lower() for name in names for piece in IDENTIFIER_PIECE.findall(name)]
+
+
+def _submodules(package: ModuleType, skipped: Counter[str]) -> Iterator[ModuleType]:
+    """The package and, recursively, every submodule that imports here."""
+    yield package
+    for info in pkgutil.iter_modules(getattr(package, "__path__", []), package.__name__ + "."):
+        if info.name in SKIPPED_MODULES or SKIPPED_PARTS.intersection(info.name.split(".")):
+            continue
+        try:
+            module = _quiet_import(info.name)
+        except Exception:  # an optional dependency is missing, e.g. tornado.curl_httpclient needs pycurl
+            skipped["submodule does not import"] += 1
+            continue
+        yield from _submodules(module, skipped)
+
+
+def _public_functions(module: ModuleType) -> Iterator[tuple[str, object]]:
+    """(qualified name, object) for public module attributes and public methods of public classes."""
+    for name, value in sorted(vars(module).items()):
+        if name.startswith("_"):
+            continue
+        if not inspect.isclass(value):
+            yield f"{module.__name__}.{name}", value
+            continue
+        for attr, member in sorted(vars(value).items()):
+            if not attr.startswith("_"):
+                function = member.__func__ if isinstance(member, (staticmethod, classmethod)) else member
+                yield f"{module.__name__}.{name}.{attr}", function
+
+
+def _within(module_name: str, package: str) -> bool:
+    return module_name == package or module_name.startswith(package + ".")
+
+
+def _collect(class_name: str, package: Sequence[ModuleType], skipped: Counter[str]) -> list[Item]:
+    """Every usable item written in `class_name`, found in its `package` modules, sorted by sample_id.
+
+    A function reached under several names (re-exports, aliases) is one item. Its name
+    is the one reached through the package that defines it (not a module that merely
+    imports it), preferring public modules, then the shortest.
+    """
+    named: dict[CodeType, tuple[tuple[bool, bool, int, str], str, FunctionType]] = {}
+    for module in package:
+        private = any(part.startswith("_") for part in module.__name__.split("."))
+        for path, obj in _public_functions(module):
+            if not inspect.isfunction(obj):
+                continue
+            func = inspect.unwrap(obj)  # decorators share one wrapper code object
+            if not inspect.isfunction(func) or not _within(func.__module__ or "", class_name):
+                continue
+            rank = (not _within(func.__module__, module.__name__), private, len(path), path)
+            known = named.get(func.__code__)
+            if known is not None:
+                skipped["same function under another name"] += 1
+                if known[0] <= rank:
+                    continue
+            named[func.__code__] = (rank, path, func)
+    items = []
+    for _, path, func in sorted(named.values(), key=lambda entry: entry[1]):
+        doc = inspect.cleandoc(func.__doc__ or "")
+        if len(doc) < MIN_DOC_CHARS:
+            skipped[f"docstring under {MIN_DOC_CHARS} characters"] += 1
+            continue
+        try:
+            tokens = code_tokens(func)
+        except (OSError, TypeError):
+            skipped["no source"] += 1
+            continue
+        except SyntaxError:
+            skipped["source does not parse"] += 1
+            continue
+        items.append(Item(path, class_name, doc[:DOC_CHARS], tokens))
+    return items
+
+
+def code_view(token_lists: Sequence[list[str]], seed: int) -> np.ndarray:
+    """TF-IDF of the code pieces -> TruncatedSVD -> standardised; at most SVD_WIDTH columns."""
+    tfidf = TfidfVectorizer(token_pattern=r"\S+", lowercase=False, sublinear_tf=True, min_df=2)
+    counts = tfidf.fit_transform(" ".join(tokens) for tokens in token_lists)
+    width = min(SVD_WIDTH, counts.shape[0] - 1, counts.shape[1] - 1)
+    return standardise(TruncatedSVD(n_components=width, random_state=seed).fit_transform(counts))
+
+
+def make_pydocs(
+    out_dir: Path, modules: Sequence[str] = MODULES, per_class: int = PER_CLASS, seed: int = 0
+) -> PydocsBuild:
+    """Write classes.csv and features.parquet for the given modules, at most `per_class` items each."""
+    if len(set(modules)) != len(modules):
+        raise ValueError(f"modules listed twice: {sorted(m for m, n in Counter(modules).items() if n > 1)}")
+    nested = [(a, b) for a in modules for b in modules if b.startswith(a + ".")]
+    if nested:
+        raise ValueError(f"module {nested[0][1]} lies inside {nested[0][0]}: classes must not overlap")
+    descriptions = {name: module_description(name) for name in modules}
+    # Imports can replace functions of other modules (importing torch swaps in its own
+    # inspect.getfile), so everything is imported before anything is collected: the
+    # items then do not depend on what the process imported earlier.
+    encoder = build_text_encoder("minilm")
+    skipped: Counter[str] = Counter()
+    packages = {name: list(_submodules(_quiet_import(name), skipped)) for name in modules}
+    seen_docs: set[str] = set()
+    items: list[Item] = []
+    for name, package in packages.items():
+        fresh = []
+        for item in _collect(name, package, skipped):
+            if item.doc in seen_docs:
+                skipped["docstring identical to another's"] += 1
+                continue
+            seen_docs.add(item.doc)
+            fresh.append(item)
+        if not fresh:
+            raise ValueError(
+                f"module {name}: no public Python function with a docstring of {MIN_DOC_CHARS}+ characters"
+            )
+        if len(fresh) > per_class:
+            # Seeded per class, so one class's pick does not depend on the others.
+            fresh = sorted(random.Random(f"{seed}/{name}").sample(fresh, per_class), key=lambda item: item.sample_id)
+        items.extend(fresh)
+    views = {
+        "doc": encoder.encode([item.doc for item in items]),
+        "code": code_view([item.tokens for item in items], seed),
+    }
+    classes, features = write_dataset(
+        Path(out_dir), [item.sample_id for item in items], [item.class_name for item in items], views, descriptions
+    )
+    return PydocsBuild(classes, features, dict(Counter(item.class_name for item in items)), skipped)
+
+
+def cosine_rule_accuracy(doc_vectors: np.ndarray, labels: np.ndarray, class_vectors: np.ndarray) -> float:
+    """Top-1 accuracy of labelling each row with its most cosine-similar class vector, training-free.
+
+    `labels[i]` is the row of `class_vectors` that row i of `doc_vectors` belongs to.
+    """
+    docs = doc_vectors / np.linalg.norm(doc_vectors, axis=1, keepdims=True)
+    classes = class_vectors / np.linalg.norm(class_vectors, axis=1, keepdims=True)
+    return float(np.mean(np.argmax(docs @ classes.T, axis=1) == np.asarray(labels)))
+
+
+def summarise(classes_csv: Path, features: Path, seed: int = 0) -> dict[str, float]:
+    """How much class information each written view carries, measured on the files themselves.
+
+    `cosine_rule` needs no training (doc vectors against the embedded descriptions);
+    `code_logreg_5fold` is cross-validated logistic regression on the code view.
+    """
+    classes = read_classes(classes_csv)
+    names = classes["class_name"].tolist()
+    table = catalog.read_table(features).to_pandas()
+    views = {m: rows.sort_values("sample_id") for m, rows in table.groupby("modality")}
+    labels = views["doc"]["class_name"].map({name: i for i, name in enumerate(names)}).to_numpy()
+    class_vectors = build_text_encoder("minilm").encode(classes["description"].tolist())
+    code = np.stack(views["code"]["vector"].to_numpy())
+    logreg = LogisticRegression(max_iter=2000, random_state=seed)
+    return {
+        "chance": 1.0 / len(names),
+        "cosine_rule": cosine_rule_accuracy(np.stack(views["doc"]["vector"].to_numpy()), labels, class_vectors),
+        "code_logreg_5fold": float(cross_val_score(logreg, code, labels, cv=5).mean()),
+    }
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) != 1:
+        print("usage: make_pydocs.py OUT_DIR", file=sys.stderr)
+        return 2
+    start = time.perf_counter()
+    build = make_pydocs(Path(argv[0]))
+    scores = summarise(build.classes, build.features)
+    print(f"wrote {build.classes} and {build.features}")
+    print(f"{len(build.counts)} classes, {sum(build.counts.values())} items:")
+    for name, count in build.counts.items():
+        print(f"  {name:24s} {count:4d}")
+    print("left out: " + ", ".join(f"{count} {why}" for why, count in sorted(build.skipped.items())))
+    print(
+        f"training-free cosine rule (doc vs descriptions): {scores['cosine_rule']:.3f} "
+        f"(chance {scores['chance']:.3f}); code view, 5-fold logistic regression: {scores['code_logreg_5fold']:.3f}"
+    )
+    print(f"took {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -1,0 +1,151 @@
+"""data/examples/make_pydocs.py: Python API docs written as a text-aligned two-view CONTRACTS dataset."""
+
+from __future__ import annotations
+
+import importlib
+import inspect
+import re
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow.parquet as pq
+import pytest
+
+from data.examples import make_pydocs
+from tasks.features import read_classes, read_features, validate_features
+from tasks.text_encoders import build_text_encoder
+
+SMALL = ("logging", "inspect", "difflib")
+PER_CLASS = 25
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory: pytest.TempPathFactory) -> make_pydocs.PydocsBuild:
+    return make_pydocs.make_pydocs(tmp_path_factory.mktemp("pydocs"), modules=SMALL, per_class=PER_CLASS)
+
+
+def _view(features: Path, modality: str) -> pd.DataFrame:
+    table = pq.read_table(features).to_pandas()
+    return table[table["modality"] == modality].set_index("sample_id")
+
+
+def _resolve(sample_id: str) -> object:
+    """The function a qualified name such as logging.handlers.RotatingFileHandler.emit names."""
+    parts = sample_id.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:cut]))
+        except ImportError:
+            continue
+        for attr in parts[cut:]:
+            obj = inspect.getattr_static(obj, attr)
+        return inspect.unwrap(getattr(obj, "__func__", obj))
+    raise LookupError(sample_id)
+
+
+def test_output_passes_the_features_stage_validation(built: make_pydocs.PydocsBuild) -> None:
+    classes = read_classes(built.classes)
+    assert classes["class_name"].tolist() == list(SMALL)
+    good, rejected = validate_features(read_features(built.features), set(SMALL), str(built.features))
+    assert rejected.num_rows == 0
+    assert good.num_rows == 2 * sum(built.counts.values())
+    assert "split" not in pq.read_table(built.features).column_names  # the project makes the split
+
+
+def test_each_class_is_capped_and_every_sample_has_both_views(built: make_pydocs.PydocsBuild) -> None:
+    assert set(built.counts) == set(SMALL)
+    assert built.counts["logging"] == built.counts["inspect"] == PER_CLASS  # both have more
+    assert 0 < built.counts["difflib"] <= PER_CLASS
+    doc, code = _view(built.features, "doc"), _view(built.features, "code")
+    assert doc.index.is_unique and set(doc.index) == set(code.index)
+    assert (doc["class_name"] == code.loc[doc.index, "class_name"]).all()
+    for sample_id, class_name in doc["class_name"].items():
+        assert sample_id.startswith(class_name + ".")
+
+
+def test_doc_view_is_the_minilm_embedding_of_the_docstring(built: make_pydocs.PydocsBuild) -> None:
+    doc = _view(built.features, "doc")
+    vectors = np.stack(doc["vector"].to_numpy())
+    assert vectors.shape[1] == 384
+    np.testing.assert_allclose(np.linalg.norm(vectors, axis=1), 1.0, atol=1e-5)
+    picked = doc.index[::20]
+    texts = [inspect.cleandoc(_resolve(sample_id).__doc__)[:1000] for sample_id in picked]
+    expected = build_text_encoder("minilm").encode(texts)
+    np.testing.assert_allclose(np.stack(doc.loc[picked, "vector"].to_numpy()), expected, atol=1e-4)
+
+
+def test_code_view_is_standardised_svd_of_the_subset(built: make_pydocs.PydocsBuild) -> None:
+    vectors = np.stack(_view(built.features, "code")["vector"].to_numpy())
+    n = sum(built.counts.values())
+    assert vectors.shape == (n, min(128, n - 1))  # fewer items than 128: the SVD is narrower
+    np.testing.assert_allclose(vectors.mean(axis=0), 0.0, atol=1e-4)
+    np.testing.assert_allclose(vectors.std(axis=0), 1.0, atol=1e-3)
+
+
+def test_descriptions_are_the_modules_own_docstrings(built: make_pydocs.PydocsBuild) -> None:
+    for name, description in read_classes(built.classes)[["class_name", "description"]].itertuples(index=False):
+        prefix = f"Python module {name}: "
+        assert description.startswith(prefix)
+        text = description[len(prefix):]
+        assert len(text) >= 30
+        assert text in " ".join(inspect.getdoc(importlib.import_module(name)).split())
+
+
+def test_cosine_rule_beats_chance_on_the_written_files(built: make_pydocs.PydocsBuild) -> None:
+    scores = make_pydocs.summarise(built.classes, built.features)
+    assert scores["chance"] == pytest.approx(1 / 3)
+    assert scores["cosine_rule"] > 0.6  # 0.83 here: docstrings sit near their module's description
+    assert scores["code_logreg_5fold"] > scores["chance"]  # 0.45 from 71 items: code alone is harder
+
+
+def test_cosine_rule_accuracy_counts_argmax_hits() -> None:
+    classes = np.array([[2.0, 0.0], [0.0, 0.5]])  # unnormalised on purpose
+    docs = np.array([[1.0, 0.1], [0.1, 3.0], [0.9, 1.0], [5.0, 4.0]])
+    assert make_pydocs.cosine_rule_accuracy(docs, np.array([0, 1, 0, 1]), classes) == pytest.approx(0.5)
+
+
+class _Sample:
+    def fetchHTTPResponse_now(self, retries: int) -> int:
+        """Quokkadocword appears in this docstring only."""
+
+        def inner() -> None:
+            """Wombatdocword, in a nested docstring."""
+
+        # Numbatcommentword, in a comment.
+        return retries + len("literal words")
+
+
+def test_code_tokens_drop_docstrings_comments_and_literals() -> None:
+    tokens = make_pydocs.code_tokens(_Sample.fetchHTTPResponse_now)  # indented source: dedented first
+    assert tokens[:6] == ["def", "fetch", "http", "response", "now", "self"]
+    assert {"inner", "retries", "return", "len", "int"} <= set(tokens)
+    for word in ("quokkadocword", "wombatdocword", "numbatcommentword", "literal", "words"):
+        assert word not in tokens
+    assert all(re.fullmatch(r"[a-z]+", token) for token in tokens)
+
+
+def test_output_is_deterministic(built: make_pydocs.PydocsBuild, tmp_path: Path) -> None:
+    again = make_pydocs.make_pydocs(tmp_path, modules=SMALL, per_class=PER_CLASS)
+    assert again.classes.read_bytes() == built.classes.read_bytes()
+    assert pq.read_table(again.features).equals(pq.read_table(built.features))
+
+
+@pytest.mark.parametrize(
+    "modules, message",
+    [
+        (("logging", "logging.handlers"), "logging.handlers lies inside logging"),
+        (("inspect", "inspect"), "listed twice"),
+        (("calendar",), "module calendar: first docstring paragraph"),
+        (("math",), "module math: no public Python function"),  # all of it is C
+    ],
+)
+def test_bad_module_lists_are_refused_by_name(tmp_path: Path, modules, message) -> None:
+    with pytest.raises(ValueError, match=message):
+        make_pydocs.make_pydocs(tmp_path, modules=modules)
+    assert not any(tmp_path.iterdir())
+
+
+def test_command_line_wants_exactly_one_out_dir(capsys: pytest.CaptureFixture[str]) -> None:
+    assert make_pydocs.main([]) == 2
+    assert "usage: make_pydocs.py OUT_DIR" in capsys.readouterr().err
