@@ -16,6 +16,7 @@ import torch
 from cscf_model import model_from_checkpoint
 
 from . import catalog
+from .evaluate import SEEN_UNSEEN_PNG
 from .figures import plot_topk_sweep, plot_uncertainty, topk_sweep, uncertainty_samples
 from .mmhcl_data import load_mmhcl
 from .report import ABLATION, SEEN_UNSEEN, TABLE1, TABLE2, markdown_table
@@ -85,7 +86,8 @@ mean; AUSUC: area under the seen/unseen curve (percent); cosine rule: training-f
 
 
 def make_figures(workspace: Path, keys: dict[str, str], out_dir: Path, max_k: int = 8) -> dict[str, str]:
-    """Figure 4 and Figure 7 from one seed's trained CSCF; returns names -> relative paths."""
+    """Figure 4 and Figure 7 from one seed's trained CSCF, and that seed's seen/unseen
+    curves; returns names -> relative paths."""
     data = load_mmhcl(workspace, keys["features"], keys["split"], keys["class_embeddings"])
     state = torch.load(catalog.stage_output(workspace, "train", keys["train[CSCF]"], ".pt"), weights_only=False)
     model = model_from_checkpoint(state).eval()
@@ -95,4 +97,6 @@ def make_figures(workspace: Path, keys: dict[str, str], out_dir: Path, max_k: in
     plot_uncertainty(uncertainty_samples(model, data), data.modalities, out_dir / "figure7_uncertainty.png")
     catalog.write_json({label: {str(k): v for k, v in by_k.items()} for label, by_k in sweep.items()},
                        out_dir / "figure4_topk.json")
-    return {"Figure 4: top-k sweep": "figure4_topk.png", "Figure 7: uncertainty per modality": "figure7_uncertainty.png"}
+    catalog.copy_file(catalog.stage_output(workspace, "evaluate", keys["evaluate"], ".seen_unseen.png"), out_dir / SEEN_UNSEEN_PNG)
+    return {"Figure 4: top-k sweep": "figure4_topk.png", "Figure 7: uncertainty per modality": "figure7_uncertainty.png",
+            "Seen/unseen accuracy per modality as the calibration margin moves": SEEN_UNSEEN_PNG}

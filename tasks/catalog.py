@@ -180,6 +180,13 @@ REJECTED = pa.schema(
 )
 
 
+def copy_file(source: Path, target: Path) -> Path:
+    """Copy a stage output to a user-facing place (--out), atomically."""
+    with atomic_path(target) as tmp:
+        tmp.write_bytes(Path(source).read_bytes())
+    return Path(target)
+
+
 def write_figure(fig: Any, path: Path) -> Path:
     """Save a matplotlib figure as PNG, atomically, and close it."""
     import matplotlib.pyplot as plt  # only the stages that draw pay for matplotlib

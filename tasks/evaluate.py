@@ -90,9 +90,6 @@ def build_evaluation(
 
 def publish(workspace: Path, key: str, out_dir: Path) -> dict[str, Path]:
     """Copy one evaluation's metrics.json, report.md and figure into the user's --out folder."""
-    written = {}
-    for suffix, name in ((".metrics.json", "metrics.json"), (".report.md", "report.md"), (".seen_unseen.png", SEEN_UNSEEN_PNG)):
-        with catalog.atomic_path(Path(out_dir) / name) as tmp:
-            tmp.write_bytes(catalog.stage_output(workspace, "evaluate", key, suffix).read_bytes())
-        written[name] = Path(out_dir) / name
-    return written
+    outputs = ((".metrics.json", "metrics.json"), (".report.md", "report.md"), (".seen_unseen.png", SEEN_UNSEEN_PNG))
+    return {name: catalog.copy_file(catalog.stage_output(workspace, "evaluate", key, suffix), Path(out_dir) / name)
+            for suffix, name in outputs}

@@ -40,7 +40,7 @@ def test_report_has_mean_and_std_over_seeds_calibration_and_figures(bench) -> No
     mean, std = sum(tmc) / 2, abs(tmc[0] - tmc[1]) / 2 ** 0.5
     assert f"{mean:.2f} ± {std:.2f}" in report
     assert "| CSCF (margin 0) " in report and "## Unseen classes" in report
-    for png in ("figure4_topk.png", "figure7_uncertainty.png"):
+    for png in ("figure4_topk.png", "figure7_uncertainty.png", "seen_unseen.png"):
         assert f"]({png})" in report and (root / "out" / png).read_bytes()[:4] == b"\x89PNG"
 
 
