@@ -105,9 +105,11 @@ class SeenUnseenCurve:
         margins that cost seen-class accuracy at most `max_seen_drop` points against
         margin 0 (None: no limit).
 
-        Among tied margins the one closest to 0 wins: calibrate no more than needed.
+        Among tied margins the one closest to 0 wins: calibrate no more than needed, and
+        with no samples to judge by (accuracies NaN) that is 0.
         """
         score = {"harmonic": self.harmonic, "mean": (self.seen_acc + self.unseen_acc) / 2}[criterion]
+        score = torch.nan_to_num(score, nan=-1.0)
         if max_seen_drop is not None:
             at_zero = self.seen_acc[self.margins == 0]
             score = score.masked_fill(self.seen_acc < at_zero - max_seen_drop, -1.0)

@@ -86,6 +86,13 @@ def test_best_margin_respects_the_seen_accuracy_budget() -> None:
     assert curve.best_margin("harmonic", max_seen_drop=30.0) == 1.75  # seen 75, unseen 50 -> H 60
 
 
+def test_without_samples_to_judge_by_the_margin_stays_0() -> None:
+    no_seen = Gaps.of(torch.zeros(0, 3), torch.zeros(0, dtype=torch.long), SEEN3)
+    unseen = Gaps.of(torch.tensor([[2.5, 0.0, 2.0]]), torch.tensor([2]), SEEN3)
+    for criterion in ("mean", "harmonic"):
+        assert SeenUnseenCurve.of(no_seen, unseen).best_margin(criterion, 3.0) == 0.0
+
+
 def test_pseudo_unseen_split_holds_out_whole_classes() -> None:
     labels = [torch.arange(8).repeat_interleave(10), torch.arange(8, 12).repeat_interleave(10)]
     data = TrainData([torch.randn(80, 3), torch.randn(40, 5)], labels)
