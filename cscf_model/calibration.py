@@ -70,10 +70,18 @@ class Gaps:
         return 100.0 * right / len(gap)
 
 
+def harmonic_mean(seen_acc: torch.Tensor, unseen_acc: torch.Tensor) -> torch.Tensor:
+    """Harmonic mean of seen and unseen accuracy: high only when both are (0 when both are 0)."""
+    s, u = seen_acc, unseen_acc
+    return torch.where(s + u > 0, 2 * s * u / (s + u).clamp_min(1e-12), torch.zeros_like(s))
+
+
 @dataclass
 class SeenUnseenCurve:
     """Accuracy on seen-class and on unseen-class samples as the margin moves."""
 
+    seen: Gaps  # samples of the modality's seen classes
+    unseen: Gaps  # samples of its unseen classes
     margins: torch.Tensor  # (P,) increasing
     seen_acc: torch.Tensor  # (P,) percent, decreasing
     unseen_acc: torch.Tensor  # (P,) percent, increasing
@@ -84,13 +92,23 @@ class SeenUnseenCurve:
         gaps = torch.cat([seen.gap, unseen.gap]).unique()
         mids = (gaps[1:] + gaps[:-1]) / 2
         margins = torch.cat([gaps[:1] - 1, mids, gaps[-1:] + 1, torch.zeros(1)]).unique()
-        return cls(margins, seen.accuracy(margins), unseen.accuracy(margins))
+        return cls(seen, unseen, margins, seen.accuracy(margins), unseen.accuracy(margins))
+
+    @classmethod
+    def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor) -> "SeenUnseenCurve":
+        """One modality's curve from its logits (n, N) on samples of any class; seen (N,) bool."""
+        own = seen[labels]
+        return cls.of(Gaps.of(logits[own], labels[own], seen), Gaps.of(logits[~own], labels[~own], seen))
+
+    def at(self, margin: float) -> tuple[float, float]:
+        """(seen, unseen) accuracy in percent with `margin` subtracted from seen-class logits."""
+        t = torch.tensor([margin])
+        return float(self.seen.accuracy(t)[0]), float(self.unseen.accuracy(t)[0])
 
     @property
     def harmonic(self) -> torch.Tensor:
-        """(P,) harmonic mean of seen and unseen accuracy: high only when both are."""
-        s, u = self.seen_acc, self.unseen_acc
-        return torch.where(s + u > 0, 2 * s * u / (s + u).clamp_min(1e-12), torch.zeros_like(s))
+        """(P,) harmonic mean of seen and unseen accuracy along the curve."""
+        return harmonic_mean(self.seen_acc, self.unseen_acc)
 
     def ausuc(self) -> float:
         """Area under the seen (y) vs unseen (x) accuracy curve, in percent of the unit square."""
@@ -156,12 +174,7 @@ def choose_margins(
     margins = []
     for m, (x, y) in enumerate(zip(val.features, val.labels)):
         logits = model.modality_logits(m, x).mean(0)  # raw, uncalibrated (K mean as in eq. 6)
-        is_seen = pseudo_seen[m, y]
-        curve = SeenUnseenCurve.of(
-            Gaps.of(logits[is_seen], y[is_seen], pseudo_seen[m]),
-            Gaps.of(logits[~is_seen], y[~is_seen], pseudo_seen[m]),
-        )
-        margins.append(curve.best_margin(criterion, max_seen_drop))
+        margins.append(SeenUnseenCurve.from_logits(logits, y, pseudo_seen[m]).best_margin(criterion, max_seen_drop))
     return margins
 
 

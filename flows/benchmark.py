@@ -12,7 +12,7 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from cscf_model.baselines import BASELINES
-from tasks import catalog, stages
+from tasks import catalog
 from tasks.benchmark import make_figures, render_benchmark, seed_metrics
 
 from .params import PipelineParams
@@ -36,11 +36,7 @@ def benchmark(
     for seed in seeds:
         wiring = Wiring(params.model_copy(update={"seed": seed}))
         evaluate_key = wiring.evaluate
-        baseline_keys = {
-            method: wiring._call(stages.baseline_task, features_key=wiring.features, split_key=wiring.split,
-                                 embeddings_key=wiring.class_embeddings, method=method, train_config=wiring.train_config)
-            for method in methods
-        }
+        baseline_keys = {method: wiring.baseline(method) for method in methods}
         per_seed[seed] = seed_metrics(Path(params.workspace), evaluate_key, baseline_keys)
         catalog.write_json(per_seed[seed], out_dir / f"seed-{seed}" / "metrics.json")
         states[seed] = wiring.summary()["states"]

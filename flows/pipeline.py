@@ -118,6 +118,11 @@ class Wiring:
                           embeddings_key=self.class_embeddings, trained=self.train,
                           dataset=self.params.dataset_name(), seed=self.params.seed)
 
+    def baseline(self, method: str) -> str:
+        """Key of one baseline's training and evaluation (`cscf benchmark`), on the same data and seed."""
+        return self._call(stages.baseline_task, features_key=self.features, split_key=self.split,
+                          embeddings_key=self.class_embeddings, method=method, train_config=self.train_config)
+
     def summary(self) -> dict[str, dict[str, str]]:
         """Final state and key of every stage called, by label (`train[CSCF]`, ...)."""
         return {"states": {k: r["state"] for k, r in self.runs.items()}, "keys": {k: r["key"] for k, r in self.runs.items()}}

@@ -20,7 +20,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
 from cscf_model import CSCF  # noqa: E402
-from cscf_model.calibration import Gaps, SeenUnseenCurve, cosine_rule_accuracy  # noqa: E402
+from cscf_model.calibration import SeenUnseenCurve, cosine_rule_accuracy, harmonic_mean  # noqa: E402
 
 from . import catalog  # noqa: E402
 from .mmhcl_data import MMHCLData  # noqa: E402
@@ -33,21 +33,12 @@ def seen_unseen_curves(model: CSCF, data: MMHCLData) -> dict[str, SeenUnseenCurv
     for m, modality in enumerate(data.modalities):
         rows = test.available[:, m]
         logits = model.modality_logits(m, test.features[m][rows]).mean(0)
-        labels, own = test.labels[rows], test.seen_by[rows] == m
-        seen = Gaps.of(logits[own], labels[own], data.seen[m])
-        unseen = Gaps.of(logits[~own], labels[~own], data.seen[m])
-        curves[modality] = SeenUnseenCurve.of(seen, unseen)
+        curves[modality] = SeenUnseenCurve.from_logits(logits, test.labels[rows], data.seen[m])
     return curves
 
 
-def _at(curve: SeenUnseenCurve, margin: float) -> tuple[float, float]:
-    i = int(torch.searchsorted(curve.margins, torch.tensor([margin]))[0].clamp(max=len(curve.margins) - 1))
-    # margins are midpoints between gaps, so the nearest one above `margin` gives the same predictions
-    return float(curve.seen_acc[i]), float(curve.unseen_acc[i])
-
-
 def _harmonic(seen: float, unseen: float) -> float:
-    return 0.0 if seen + unseen == 0 else 2 * seen * unseen / (seen + unseen)
+    return float(harmonic_mean(torch.tensor(seen, dtype=torch.float64), torch.tensor(unseen, dtype=torch.float64)))
 
 
 def seen_unseen_diagnostics(model: CSCF, data: MMHCLData, curves: dict[str, SeenUnseenCurve]) -> dict[str, Any]:
@@ -57,8 +48,8 @@ def seen_unseen_diagnostics(model: CSCF, data: MMHCLData, curves: dict[str, Seen
     test = data.test
     for m, (modality, curve) in enumerate(curves.items()):
         margin = float(model.margin[m])
-        seen_acc, unseen_acc = _at(curve, margin)
-        raw_seen, raw_unseen = _at(curve, 0.0)
+        seen_acc, unseen_acc = curve.at(margin)
+        raw_seen, raw_unseen = curve.at(0.0)
         rows = test.available[:, m] & (test.seen_by != m)
         out[modality] = {
             "ausuc": curve.ausuc(),

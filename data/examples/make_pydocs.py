@@ -46,6 +46,7 @@ from types import CodeType, FunctionType, ModuleType
 from typing import Iterator, NamedTuple, Sequence
 
 import numpy as np
+import torch
 from sklearn.decomposition import TruncatedSVD
 from sklearn.feature_extraction.text import TfidfVectorizer
 from sklearn.linear_model import LogisticRegression
@@ -55,6 +56,7 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, not only as a module
     sys.path.insert(0, str(REPO_ROOT))
 
+from cscf_model import calibration  # noqa: E402
 from data.examples.long_form import standardise, write_dataset  # noqa: E402
 from tasks import catalog  # noqa: E402
 from tasks.features import read_classes  # noqa: E402
@@ -281,9 +283,8 @@ def cosine_rule_accuracy(doc_vectors: np.ndarray, labels: np.ndarray, class_vect
 
     `labels[i]` is the row of `class_vectors` that row i of `doc_vectors` belongs to.
     """
-    docs = doc_vectors / np.linalg.norm(doc_vectors, axis=1, keepdims=True)
-    classes = class_vectors / np.linalg.norm(class_vectors, axis=1, keepdims=True)
-    return float(np.mean(np.argmax(docs @ classes.T, axis=1) == np.asarray(labels)))
+    as_tensor = lambda a: torch.from_numpy(np.asarray(a))  # noqa: E731
+    return calibration.cosine_rule_accuracy(as_tensor(doc_vectors), as_tensor(labels), as_tensor(class_vectors)) / 100
 
 
 def summarise(classes_csv: Path, features: Path, seed: int = 0) -> dict[str, float]:
