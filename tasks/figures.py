@@ -16,7 +16,14 @@ from . import catalog  # noqa: E402
 from .scoring import cscf_predict, evaluate_method  # noqa: E402
 from .mmhcl_data import MMHCLData  # noqa: E402
 
-SWEEP_SUBSETS = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
+PAPER_SWEEP = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
+
+
+def sweep_subsets(scores: dict[str, float | None], n_modalities: int) -> list[str]:
+    """The multimodal subsets Figure 4 shows: the paper's three, or `all` and `all[...]`."""
+    if n_modalities == 2:
+        return list(PAPER_SWEEP)
+    return [k for k in scores if k == "all" or k.startswith("all[")]
 
 
 def topk_sweep(model: CSCF, data: MMHCLData, ks: list[int]) -> dict[str, dict[int, dict[str, float]]]:
@@ -32,15 +39,17 @@ def topk_sweep(model: CSCF, data: MMHCLData, ks: list[int]) -> dict[str, dict[in
             for k in ks:
                 model.config = original.replace(top_k=k, csmf_weights=weights)
                 scores, _, _ = evaluate_method(cscf_predict(model, "csmf"), data)
-                sweep[label][k] = {s: scores[s] for s in SWEEP_SUBSETS}
+                sweep[label][k] = {s: scores[s] for s in sweep_subsets(scores, len(data.modalities))}
     finally:
         model.config = original
     return sweep
 
 
 def plot_topk_sweep(sweep: dict[str, dict[int, dict[str, float]]], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(SWEEP_SUBSETS), figsize=(4 * len(SWEEP_SUBSETS), 3.2), sharex=True)
-    for ax, subset in zip(axes, SWEEP_SUBSETS):
+    names = list(next(iter(next(iter(sweep.values())).values())))
+    fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.2), sharex=True, squeeze=False)
+    axes = axes[0]
+    for ax, subset in zip(axes, names):
         for label, by_k in sweep.items():
             ks = sorted(by_k)
             ax.plot(ks, [by_k[k][subset] for k in ks], marker="o", label=label)
@@ -55,22 +64,24 @@ def plot_topk_sweep(sweep: dict[str, dict[int, dict[str, float]]], path: Path) -
 
 @torch.no_grad()
 def uncertainty_samples(model: CSCF, data: MMHCLData, n: int = 30, seed: int = 0) -> dict[str, torch.Tensor]:
-    """Figure 7: u of both modalities on n random bimodal test samples of A_s and of B_s classes."""
+    """Figure 7: u of every modality on n random test samples (all modalities shown) of
+    the classes each modality saw."""
     test, out = data.test, {}
     g = torch.Generator().manual_seed(seed)
-    for role, name in ((0, "A_s classes"), (1, "B_s classes")):
-        rows = (test.available.all(1) & (test.seen_by == role)).nonzero().squeeze(1)
+    for m, modality in enumerate(data.modalities):
+        rows = (test.available.all(1) & test.seen_by[:, m]).nonzero().squeeze(1)
         rows = rows[torch.randperm(len(rows), generator=g)[:n]]
-        res = model([x[rows] for x in test.features], torch.ones(len(rows), 2, dtype=torch.bool))
-        out[name] = res.u  # (2, n)
+        res = model([x[rows] for x in test.features], torch.ones(len(rows), len(data.modalities), dtype=torch.bool))
+        out[f"{modality}'s seen classes"] = res.u  # (M, n)
     return out
 
 
 def plot_uncertainty(u: dict[str, torch.Tensor], modalities: list[str], path: Path) -> Path:
-    fig, axes = plt.subplots(1, len(u), figsize=(10, 3.2), sharey=True)
+    fig, axes = plt.subplots(1, len(u), figsize=(5 * len(u), 3.2), sharey=True, squeeze=False)
+    axes = axes[0]
     for ax, (name, values) in zip(axes, u.items()):
         for m, modality in enumerate(modalities):
-            ax.plot(values[m].numpy(), marker=".", label=f"u of {modality} ({'AB'[m]})")
+            ax.plot(values[m].numpy(), marker=".", label=f"u of {modality} ({chr(ord('A') + m)})")
         ax.set_title(f"test samples of {name}")
         ax.set_xlabel("sample")
         ax.grid(alpha=0.3)

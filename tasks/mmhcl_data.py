@@ -1,8 +1,9 @@
 """Stage outputs -> tensors for training and evaluation, under the MMHCL protocol.
 
-Training keeps only train-split samples of A_s classes through modality A and of B_s
-classes through modality B (CONTRACTS section 3). The test set keeps every test
-sample with whatever of the two modalities it has.
+Training keeps, for every modality, only its train-split rows of the classes it saw
+(CONTRACTS section 3): with two disjoint modalities, A_s classes through A and B_s
+classes through B. The test set keeps every test sample with whatever of the
+modalities it has.
 """
 
 from __future__ import annotations
@@ -22,17 +23,17 @@ from . import catalog
 class TestSet:
     sample_ids: list[str]
     labels: torch.Tensor  # (n,) class index
-    seen_by: torch.Tensor  # (n,) 0 if modality A saw the class in training, 1 if B
+    seen_by: torch.Tensor  # (n, M) bool: which modalities saw the sample's class in training
     features: list[torch.Tensor]  # per modality (n, d_m), zeros where absent
-    available: torch.Tensor  # (n, 2) bool
+    available: torch.Tensor  # (n, M) bool: which modalities the sample has
 
 
 @dataclass
 class MMHCLData:
     class_names: list[str]
-    modalities: list[str]  # [A, B]
+    modalities: list[str]  # [A, B, ...]
     class_emb: torch.Tensor  # (N, d_s)
-    seen: torch.Tensor  # (2, N) bool
+    seen: torch.Tensor  # (M, N) bool
     train: TrainData
     test: TestSet
 
@@ -48,12 +49,13 @@ def load_mmhcl(workspace: Path, features_key: str, split_key: str, embeddings_ke
     emb = catalog.read_table(catalog.stage_output(workspace, "class_embeddings", embeddings_key)).to_pandas()
     feats = catalog.read_table(catalog.stage_output(workspace, "features", features_key)).to_pandas()
 
-    class_names = classes["class_name"].tolist()
+    grid = classes.pivot(index="class_name", columns="role", values="seen")
+    class_names = list(dict.fromkeys(classes["class_name"]))
+    modalities = classes.drop_duplicates("role").sort_values("role")["modality"].tolist()
     index = {c: i for i, c in enumerate(class_names)}
     emb = emb.set_index("class_name").loc[class_names]
     class_emb = torch.tensor(np.stack(emb["vector"].to_numpy()), dtype=torch.float32)
-    modalities = [classes.loc[classes["role"] == r, "seen_by"].iloc[0] for r in ("A", "B")]
-    seen = torch.tensor(np.stack([(classes["role"] == r).to_numpy() for r in ("A", "B")]))
+    seen = torch.tensor(grid.loc[class_names].to_numpy(dtype=bool).T)  # (M, N), roles in order
     split = samples.set_index("sample_id")["split"]
     feats = feats[feats["modality"].isin(modalities)]
     feats = feats.assign(split=feats["sample_id"].map(split))
@@ -61,7 +63,7 @@ def load_mmhcl(workspace: Path, features_key: str, split_key: str, embeddings_ke
     train_x, train_y = [], []
     for m, modality in enumerate(modalities):
         rows = feats[(feats["modality"] == modality) & (feats["split"] == "train")]
-        rows = rows[rows["class_name"].map(index).map(lambda i: bool(seen[m, i]))]
+        rows = rows[seen[m, torch.tensor(rows["class_name"].map(index).to_numpy(), dtype=torch.long)].numpy()]
         train_x.append(torch.tensor(np.stack(rows["vector"].to_numpy()), dtype=torch.float32))
         train_y.append(torch.tensor(rows["class_name"].map(index).to_numpy(), dtype=torch.long))
 
@@ -69,7 +71,7 @@ def load_mmhcl(workspace: Path, features_key: str, split_key: str, embeddings_ke
     pos = {s: i for i, s in enumerate(test_ids)}
     test_rows = feats[feats["split"] == "test"]
     labels = torch.tensor([index[c] for c in samples.set_index("sample_id").loc[test_ids, "class_name"]], dtype=torch.long)
-    test_x, available = [], torch.zeros(len(test_ids), 2, dtype=torch.bool)
+    test_x, available = [], torch.zeros(len(test_ids), len(modalities), dtype=torch.bool)
     for m, modality in enumerate(modalities):
         rows = test_rows[test_rows["modality"] == modality]
         x = torch.zeros(len(test_ids), train_x[m].shape[1])
@@ -78,6 +80,6 @@ def load_mmhcl(workspace: Path, features_key: str, split_key: str, embeddings_ke
             x[where] = torch.tensor(np.stack(rows["vector"].to_numpy()), dtype=torch.float32)
         available[where, m] = True
         test_x.append(x)
-    seen_by = (~seen[0, labels]).long()
+    seen_by = seen[:, labels].T
     return MMHCLData(class_names, modalities, class_emb, seen, TrainData(train_x, train_y),
                      TestSet(test_ids, labels, seen_by, test_x, available))

@@ -1,12 +1,42 @@
-"""report.md from metrics: Table 1 and Table 2 of the paper, as GitHub markdown tables."""
+"""report.md from metrics: Table 1 and Table 2 of the paper, as GitHub markdown tables.
+
+With two disjoint modalities the tables have the paper's columns (A_s ... acc_mix);
+otherwise one column per modality seen/unseen, `all`, and `all` split by which
+modalities saw the true class (cscf_model/metrics.py names them).
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
-TABLE1 = ("A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix")
-TABLE2 = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
+PAPER_TABLE1 = ("A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix")
+PAPER_TABLE2 = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
 ABLATION = (("B+O", "B+O"), ("B+O+D", "B+O+D"), ("CSCF", "B+O+D+C"))
+CEILING = "routing ceiling"
+
+
+def paper_protocol(metrics: dict[str, Any]) -> bool:
+    """Two modalities and every class seen by exactly one of them: the paper's Table 1 applies."""
+    seen = metrics["classes"]["seen"]
+    if len(seen) != 2:
+        return False
+    a, b = (set(v) for v in seen.values())
+    return not a & b and len(a | b) == len(metrics["classes"]["all"])
+
+
+def table_columns(metrics: dict[str, Any]) -> tuple[list[str], list[str]]:
+    """(Table 1 columns, Table 2 columns) for this run's modalities and seen sets."""
+    if paper_protocol(metrics):
+        return list(PAPER_TABLE1), list(PAPER_TABLE2)
+    modalities, keys = metrics["modalities"], list(metrics["methods"]["CSCF"])
+    multimodal = ["all", *(k for k in keys if k.startswith(("all[", "given[")))]
+    return [*(f"{m}_s" for m in modalities), *(f"{m}_u" for m in modalities), *multimodal, "acc_mix"], multimodal
+
+
+def modalities_line(metrics: dict[str, Any]) -> str:
+    """`audio` (A, 16 seen classes), `video` (B, 16 seen classes), ..."""
+    seen = metrics["classes"]["seen"]
+    return ", ".join(f"`{m}` ({chr(ord('A') + i)}, {len(seen[m])} seen classes)" for i, m in enumerate(metrics["modalities"]))
 
 
 def markdown_table(header: list[str], rows: list[list[str]]) -> str:
@@ -24,33 +54,45 @@ def _fmt(x: float | None) -> str:
 def render_report(metrics: dict[str, Any]) -> str:
     """Table 1 (every method), Table 2 (ablation) and the diagnostics of one run."""
     methods = metrics["methods"]
-    t1 = markdown_table(["Method", *TABLE1], [[name, *(_fmt(s.get(k)) for k in TABLE1)] for name, s in methods.items()])
-    t2 = markdown_table(
-        ["Model", *TABLE2],
-        [[label, *(_fmt(methods[key].get(k)) for k in TABLE2)] for key, label in ABLATION if key in methods],
-    )
-    a, b = metrics["modalities"]
     diagnostics = metrics.get("diagnostics", {})
+    table1, table2 = table_columns(metrics)
+    rows = [[name, *(_fmt(s.get(k)) for k in table1)] for name, s in methods.items()]
+    if "routing_ceiling" in diagnostics:
+        rows.append([CEILING, *(_fmt(diagnostics["routing_ceiling"].get(k)) for k in table1)])
+    t1 = markdown_table(["Method", *table1], rows)
+    t2 = markdown_table(
+        ["Model", *table2],
+        [[label, *(_fmt(methods[key].get(k)) for k in table2)] for key, label in ABLATION if key in methods],
+    )
+    sizes = diagnostics.get("subset_sizes", {})
+    counts = markdown_table(["Subset", *table1[:-1]], [["test samples", *(str(sizes.get(k, "n/a")) for k in table1[:-1])]])
     diag = "\n".join(f"- {k}: {_fmt(v) if isinstance(v, float) else v}" for k, v in diagnostics.items()
                      if not isinstance(v, dict))
+    legend = ("A_u: A alone on B_s classes; B_u: B alone on A_s classes; A_s+B_u / A_u+B_s: both modalities on "
+              "A_s / B_s classes; acc_mix: mean of the first six columns." if paper_protocol(metrics) else
+              "`<m>_s` / `<m>_u`: modality m alone on samples of the classes it saw / did not see; `all`: every modality "
+              "shown; `all[x+y]`: the same on samples whose class was seen by exactly x and y; `given[x+y]`: samples that "
+              "have only those modalities; acc_mix: mean of every `_s`, `_u` and `all[...]` column.")
     return f"""# CSCF report: {metrics['dataset']} (seed {metrics['seed']})
 
-Modality A = `{a}` (seen classes A_s: {len(metrics['classes']['A_seen'])}), modality B = `{b}` (seen classes B_s: {len(metrics['classes']['B_seen'])}).
-Top-1 accuracy in percent over all classes, test split. A_u: A alone on B_s classes; B_u: B alone on A_s classes;
-A_s+B_u / A_u+B_s: both modalities on A_s / B_s classes; acc_mix: mean of the first six columns.
+Modalities: {modalities_line(metrics)}.
+Top-1 accuracy in percent over all classes, test split. {legend}
+`{CEILING}`: every multimodal sample decided by the modalities that saw its true class (perfect routing).
 
 ## Table 1: methods
 
 {t1}
 
+{counts}
+
 ## Table 2: ablation (B = baseline, O = OSRS, D = DMSS, C = CSMF)
 
 {t2}
-
+{render_reference(metrics)}
 ## Diagnostics
 
 {diag}
-{render_calibration(methods.get("CSCF", {}), diagnostics)}"""
+{render_calibration(methods.get("CSCF", {}), diagnostics, table1)}"""
 
 
 SEEN_UNSEEN = (("margin", "margin"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("harmonic_mean", "H"),
@@ -59,12 +101,28 @@ SEEN_UNSEEN = (("margin", "margin"), ("seen_acc", "seen"), ("unseen_acc", "unsee
                ("cosine_rule_unseen_acc", "cosine rule, unseen"))
 
 
-def render_calibration(cscf: dict[str, float], diagnostics: dict[str, Any]) -> str:
+def render_reference(metrics: dict[str, Any]) -> str:
+    """On samples that show every modality: each modality alone, averaging, CSCF and the ceiling."""
+    d = metrics.get("diagnostics", {})
+    if "modality_alone" not in d:
+        return ""
+    methods = metrics["methods"]
+    rows = [*([f"`{m}` alone", _fmt(v)] for m, v in d["modality_alone"].items()),
+            ["averaging (B+O)", _fmt(methods.get("B+O", {}).get("all"))], ["CSCF", _fmt(methods["CSCF"].get("all"))],
+            [CEILING, _fmt(d["routing_ceiling"].get("all"))]]
+    return f"""
+## Fusion against its references (`all`: every modality shown)
+
+{markdown_table(["Decided by", "all"], rows)}
+"""
+
+
+def render_calibration(cscf: dict[str, float], diagnostics: dict[str, Any], columns: list[str]) -> str:
     """Table 1 with and without calibrated stacking, and each modality's seen/unseen trade-off."""
     if "seen_unseen" not in diagnostics:
         return ""
-    t1 = markdown_table(["CSCF", *TABLE1], [["calibrated", *(_fmt(cscf.get(k)) for k in TABLE1)],
-                                            ["margin 0", *(_fmt(diagnostics["CSCF_uncalibrated"].get(k)) for k in TABLE1)]])
+    t1 = markdown_table(["CSCF", *columns], [["calibrated", *(_fmt(cscf.get(k)) for k in columns)],
+                                             ["margin 0", *(_fmt(diagnostics["CSCF_uncalibrated"].get(k)) for k in columns)]])
     su = markdown_table(["Modality", *(label for _, label in SEEN_UNSEEN)],
                         [[m, *(_fmt(d[k]) for k, _ in SEEN_UNSEEN)] for m, d in diagnostics["seen_unseen"].items()])
     return f"""
@@ -72,7 +130,7 @@ def render_calibration(cscf: dict[str, float], diagnostics: dict[str, Any]) -> s
 
 Calibrated stacking subtracts each modality's margin (chosen on training data only) from
 the logits of the classes it saw. Seen / unseen: that modality alone on test samples of
-its seen / unseen classes (A_s and A_u for A); H: their harmonic mean; AUSUC: area under
+its seen / unseen classes (`<m>_s` and `<m>_u`); H: their harmonic mean; AUSUC: area under
 the seen/unseen curve as the margin moves (percent); cosine rule: the training-free
 argmax of cos(features, class semantics), where the features share the text space.
 

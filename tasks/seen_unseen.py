@@ -1,7 +1,7 @@
 """The seen/unseen trade-off of each modality on the test split (issue 6's diagnostics).
 
-For modality m alone, its seen-class test samples (A_s for A) and its unseen-class ones
-(A_u for A) are scored from the model's raw logits while calibrated stacking's margin
+For modality m alone, its seen-class test samples (`<m>_s`) and its unseen-class ones
+(`<m>_u`) are scored from the model's raw logits while calibrated stacking's margin
 sweeps; the curve, its area (AUSUC) and the harmonic mean at the trained model's margin
 go into metrics.json's `diagnostics`, the curve into the report as a figure. The
 training-free cosine rule is reported next to it where the modality shares the
@@ -50,7 +50,7 @@ def seen_unseen_diagnostics(model: CSCF, data: MMHCLData, curves: dict[str, Seen
         margin = float(model.margin[m])
         seen_acc, unseen_acc = curve.at(margin)
         raw_seen, raw_unseen = curve.at(0.0)
-        rows = test.available[:, m] & (test.seen_by != m)
+        rows = test.available[:, m] & ~test.seen_by[:, m]
         out[modality] = {
             "ausuc": curve.ausuc(),
             "margin": margin,

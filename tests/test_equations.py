@@ -346,18 +346,22 @@ def test_model_fused_output_follows_eq9_with_its_pruned_matrix() -> None:
 
 # ----------------------------------------------------------------------------- metrics
 
-SEEN_BY = torch.tensor([0, 0, 1, 1, 0])
+SEEN_BY = mask("10", "10", "01", "01", "10")  # which modality saw each sample's class
 AVAILABLE = mask("11", "10", "11", "01", "01")
 
 
 def test_subsets_pick_rows_and_presence() -> None:
-    got = {s.name: s for s in subsets(SEEN_BY, AVAILABLE)}
+    got = {s.name: s for s in subsets(SEEN_BY, AVAILABLE, ["a", "b"])}
     rows = {
+        "a_s": [0, 1], "b_s": [2, 3], "a_u": [2], "b_u": [0, 4], "all": [0, 2], "all[a]": [0], "all[b]": [2],
+        "given[a]": [1], "given[b]": [3, 4],
         "A_s": [0, 1], "B_s": [2, 3], "A_u": [2], "B_u": [0, 4],
         "A_s+B_u": [0], "A_u+B_s": [2], "A_all+B_all": [0, 2],
     }
     shown_mask = {"A": [True, False], "B": [False, True], "AB": [True, True]}
     shown = {
+        "a_s": "A", "b_s": "B", "a_u": "A", "b_u": "B", "all": "AB", "all[a]": "AB", "all[b]": "AB",
+        "given[a]": "A", "given[b]": "B",
         "A_s": "A", "B_s": "B", "A_u": "A", "B_u": "B",
         "A_s+B_u": "AB", "A_u+B_s": "AB", "A_all+B_all": "AB",
     }
@@ -367,14 +371,39 @@ def test_subsets_pick_rows_and_presence() -> None:
         assert got[name].present.tolist() == [shown_mask[shown[name]]] * len(expected), name
 
 
+def test_three_modalities_with_overlapping_seen_sets() -> None:
+    # classes seen by: sample 0 {a, b}, 1 {c}, 2 {} (no one), 3 {a, b}; samples 0-2 show all three
+    seen_by = mask("110", "001", "000", "110")
+    available = mask("111", "111", "111", "011")
+    got = {s.name: s.rows.tolist() for s in subsets(seen_by, available, ["a", "b", "c"])}
+    assert got["a_s"] == [0] and got["b_s"] == [0, 3] and got["c_s"] == [1]
+    assert got["a_u"] == [1, 2] and got["b_u"] == [1, 2] and got["c_u"] == [0, 2, 3]
+    assert got["all"] == [0, 1, 2]
+    assert got["all[a+b]"] == [0] and got["all[c]"] == [1] and got["all[none]"] == [2]
+    assert got["given[b+c]"] == [3]
+    assert "A_s" not in got  # the paper's names only exist for two modalities
+    scores = {"a_s": 90.0, "b_s": 80.0, "c_s": 70.0, "a_u": 10.0, "b_u": 20.0, "c_u": 30.0,
+              "all": 1000.0, "all[a+b]": 60.0, "all[c]": 40.0, "all[none]": None, "given[b+c]": 1000.0}
+    assert acc_mix(scores, ["a", "b", "c"]) == pytest.approx((90 + 80 + 70 + 10 + 20 + 30 + 60 + 40) / 8)
+
+
+def test_two_overlapping_modalities_keep_the_paper_names_as_seen_by_one_only() -> None:
+    seen_by = mask("11", "10", "01")  # class of sample 0 seen by both
+    got = {s.name: s.rows.tolist() for s in subsets(seen_by, mask("11", "11", "11"), ["a", "b"])}
+    assert got["A_s"] == [1] and got["B_s"] == [2] and got["A_u"] == [2] and got["B_u"] == [1]
+    assert got["a_s"] == [0, 1] and got["all[a+b]"] == [0] and got["A_all+B_all"] == [0, 1, 2]
+
+
 def test_acc_mix_is_the_mean_of_the_six_mix_subsets() -> None:
-    scores = {"A_s": 90.0, "B_s": 80.0, "A_u": 10.0, "B_u": 20.0, "A_s+B_u": 60.0, "A_u+B_s": 40.0}
-    assert acc_mix({**scores, "A_all+B_all": 1000.0}) == pytest.approx(50.0)
+    scores = {"a_s": 90.0, "b_s": 80.0, "a_u": 10.0, "b_u": 20.0, "all[a]": 60.0, "all[b]": 40.0}
+    assert acc_mix({**scores, "all": 1000.0, "A_s": 1000.0}, ["a", "b"]) == pytest.approx(50.0)
 
 
-def test_accuracy_percent_nan_when_empty_and_routing() -> None:
+def test_accuracy_percent_none_when_empty_and_routing() -> None:
     assert accuracy(torch.tensor([1, 2, 3]), torch.tensor([1, 0, 3])) == pytest.approx(200 / 3)
-    assert math.isnan(accuracy(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)))
-    assert routing_accuracy(torch.tensor([0, 1, 1, 0]), torch.tensor([0, 1, 0, 0])) == 75.0
-    empty = {s.name: s for s in subsets(torch.tensor([0, 0]), mask("10", "10"))}
+    assert accuracy(torch.empty(0, dtype=torch.long), torch.empty(0, dtype=torch.long)) is None
+    assert routing_accuracy(torch.tensor([0, 1, 1, 0]), mask("10", "01", "10", "10")) == 75.0
+    # overlapping sets: either modality that saw the class is right; a class no one saw is not judged
+    assert routing_accuracy(torch.tensor([0, 1, 1]), mask("11", "11", "00")) == 100.0
+    empty = {s.name: s for s in subsets(mask("10", "10"), mask("10", "10"), ["a", "b"])}
     assert empty["B_s"].rows.numel() == 0 and empty["B_s"].present.shape == (0, 2)

@@ -12,6 +12,7 @@ import torch
 from tiny_data import write_dataset
 
 METRIC_KEYS = {"A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix"}
+GENERAL_KEYS = {"audio_s", "audio_u", "video_s", "video_u", "all", "all[audio]", "all[video]"}
 EPOCHS = "4"
 
 
@@ -49,11 +50,13 @@ def test_run_writes_contract_metrics_and_report(first_run):
     assert metrics["dataset"] == "features"
     assert metrics["modalities"] == ["audio", "video"]
     assert metrics["seed"] == 0
-    assert set(metrics["classes"]) == {"A_seen", "B_seen"}
+    assert set(metrics["classes"]) == {"A_seen", "B_seen", "seen", "all"}
     assert not set(metrics["classes"]["A_seen"]) & set(metrics["classes"]["B_seen"])
+    assert metrics["classes"]["seen"] == {"audio": metrics["classes"]["A_seen"], "video": metrics["classes"]["B_seen"]}
     assert set(metrics["methods"]) >= {"CSCF", "B", "B+O", "B+O+D"}
     for scores in metrics["methods"].values():
-        assert set(scores) == METRIC_KEYS
+        assert set(scores) == METRIC_KEYS | GENERAL_KEYS
+        assert scores["audio_s"] == scores["A_s"] and scores["all[video]"] == scores["A_u+B_s"]
     assert 0 <= metrics["diagnostics"]["dmss_routing_accuracy"] <= 100
     report = (root / "out" / "report.md").read_text()
     cscf = metrics["methods"]["CSCF"]
@@ -64,7 +67,9 @@ def test_run_writes_contract_metrics_and_report(first_run):
     for modality in ("audio", "video"):
         su = metrics["diagnostics"]["seen_unseen"][modality]
         assert 0 <= su["ausuc"] <= 100 and su["seen_acc"] == pytest.approx(cscf["A_s" if modality == "audio" else "B_s"])
-    assert set(metrics["diagnostics"]["CSCF_uncalibrated"]) == METRIC_KEYS
+    assert set(metrics["diagnostics"]["CSCF_uncalibrated"]) == METRIC_KEYS | GENERAL_KEYS
+    ceiling = metrics["diagnostics"]["routing_ceiling"]
+    assert ceiling["all"] >= min(ceiling["all[audio]"], ceiling["all[video]"]) and "routing ceiling" in report
     assert "## Unseen classes: calibration" in report and "![seen/unseen accuracy per modality](seen_unseen.png)" in report
     assert (root / "out" / "seen_unseen.png").read_bytes()[:4] == b"\x89PNG"
 

@@ -1,0 +1,158 @@
+"""Seen sets from the data, from a file or by the paper's halves; M modalities end to end (issue 10)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from tasks.features import InputError
+from tasks.split import check_seen, read_seen_file, resolve_seen, split_classes
+from tiny_data import HETERO_CLASSES, HETERO_SEEN, hetero_rows, write_dataset
+
+NAMES = [f"class {i}" for i in range(9)]
+REFERENCE = Path(__file__).parent / "data" / "default_seed0_e5_before_seen_modes.json"
+
+
+def _train_rows(pairs: list[tuple[str, str]]) -> pd.DataFrame:
+    return pd.DataFrame([{"sample_id": f"s{i}", "modality": m, "class_name": c} for i, (m, c) in enumerate(pairs)])
+
+
+def test_halves_with_two_groups_is_the_papers_split() -> None:
+    for seed in range(5):
+        order = np.random.default_rng(seed).permutation(len(NAMES))
+        a = [NAMES[i] for i in sorted(order[:5])]  # A_s gets the extra class when N is odd
+        assert split_classes(NAMES, 2, seed) == [a, [c for c in NAMES if c not in a]]
+
+
+def test_halves_with_three_groups_and_overlap() -> None:
+    groups = split_classes(NAMES, 3, seed=1, overlap=1 / 3)
+    shared = set(groups[0]) & set(groups[1]) & set(groups[2])
+    assert len(shared) == 3  # round(9 / 3) classes seen by every modality
+    own = [set(g) - shared for g in groups]
+    assert [len(o) for o in own] == [2, 2, 2] and not (own[0] & own[1] or own[1] & own[2] or own[0] & own[2])
+    assert set().union(*groups) == set(NAMES)
+
+
+def test_auto_picks_data_when_a_modality_has_part_of_the_classes() -> None:
+    names = NAMES[:3]
+    hetero = _train_rows([("a", names[0]), ("a", names[1]), ("b", names[1]), ("b", names[2])])
+    seen, why = resolve_seen("auto", 0.0, None, hetero, ["a", "b"], names, seed=0)
+    assert seen == {"a": names[:2], "b": names[1:]} and why.startswith("data (auto: modality 'a'")
+    paired = _train_rows([(m, c) for c in names for m in ("a", "b")])
+    seen, why = resolve_seen("auto", 0.0, None, paired, ["a", "b"], names, seed=0)
+    assert why.startswith("halves") and sorted(seen["a"] + seen["b"]) == sorted(names)
+
+
+def test_seen_file_names_the_bad_row(tmp_path: Path) -> None:
+    path = tmp_path / "seen.csv"
+    path.write_text("modality,class_name\na,class 0\nsound,class 1\n")
+    with pytest.raises(InputError, match=r"seen.csv: row 3 names unknown modality 'sound'"):
+        read_seen_file(path, ["a", "b"], NAMES)
+    path.write_text("modality,class_name\na,class 0\nb,clas 1\n")
+    with pytest.raises(InputError, match=r"row 3 names unknown class name 'clas 1'"):
+        read_seen_file(path, ["a", "b"], NAMES)
+    path.write_text("modality\na\n")
+    with pytest.raises(InputError, match=r"missing column\(s\) \['class_name'\]"):
+        read_seen_file(path, ["a", "b"], NAMES)
+
+
+def test_a_modality_with_one_trained_class_is_refused(caplog: pytest.LogCaptureFixture) -> None:
+    rows = _train_rows([("a", NAMES[0]), ("a", NAMES[1]), ("b", NAMES[2])])
+    with pytest.raises(InputError, match=r"modality 'b' has training rows for 1 seen class\(es\)"):
+        check_seen({"a": NAMES[:2], "b": NAMES[2:3]}, rows, NAMES[:3], "features.parquet")
+    rows = _train_rows([("a", NAMES[0]), ("a", NAMES[1]), ("b", NAMES[1]), ("b", NAMES[2])])
+    with caplog.at_level("WARNING", logger="cscf.split"):
+        check_seen({"a": NAMES[:2], "b": NAMES[1:3]}, rows, NAMES[:4], "features.parquet")
+    assert "1 class(es) seen by no modality" in caplog.text and NAMES[3] in caplog.text
+
+
+@pytest.fixture(scope="module")
+def hetero(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    return write_dataset(tmp_path_factory.mktemp("hetero"), hetero_rows(), HETERO_CLASSES)
+
+
+def _run(features: Path, classes: Path, root: Path, *extra: str) -> dict:
+    from flows.cli import main
+
+    argv = ["run", "--features", str(features), "--classes", str(classes), "--modalities", "audio,video,text",
+            "--epochs", "3", "--out", str(root / "out"), "--workspace", str(root / "ws"), *extra]
+    assert main(argv) == 0
+    return json.loads((root / "out" / "metrics.json").read_text())
+
+
+@pytest.fixture
+def split_log() -> list[str]:
+    """Messages of the split stage's logger (Prefect's logging setup stops caplog from seeing them)."""
+    import logging
+
+    messages: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: messages.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger("cscf.split")
+    level = logger.level
+    logger.setLevel(logging.INFO)
+    logger.addHandler(handler)
+    yield messages
+    logger.removeHandler(handler)
+    logger.setLevel(level)
+
+
+def test_three_modalities_from_the_data_and_from_a_file_agree(hetero, prefect_server, tmp_path, split_log) -> None:
+    """Unpaired training rows, overlapping seen sets, a class seen by no one: `--seen data`
+    (chosen by auto) and `--seen FILE` give the same seen sets and the same metrics."""
+    features, classes = hetero
+    by_data = _run(features, classes, tmp_path / "data")
+    log = "\n".join(split_log)
+    assert "seen sets: data (auto: modality 'audio' has train rows for 4 of 7 classes)" in log
+    assert "1 class(es) seen by no modality" in log
+    expected = {m: [HETERO_CLASSES[c] for c in cs] for m, cs in HETERO_SEEN.items()}
+    assert by_data["classes"]["seen"] == expected and "A_seen" not in by_data["classes"]
+    seen_csv = next((tmp_path / "data" / "ws" / "split").glob("*.seen.csv"))
+    by_file = _run(features, classes, tmp_path / "file", "--seen", str(seen_csv))
+    assert by_file["classes"] == by_data["classes"] and by_file["methods"] == by_data["methods"]
+    cscf = by_data["methods"]["CSCF"]
+    for key in ("audio_s", "video_u", "text_s", "all", "all[audio+text]", "all[none]", "given[audio+video]", "acc_mix"):
+        assert cscf[key] is not None and 0 <= cscf[key] <= 100, key
+    sizes = by_data["diagnostics"]["subset_sizes"]
+    assert sizes["all"] == 7 * 4 and sizes["given[audio+video]"] == 7 * 2  # every 3rd test sample lacks text
+    assert cscf["audio_s"] > 60 and cscf["text_s"] > 60  # seen classes learned in 3 epochs of easy data
+    report = (tmp_path / "data" / "out" / "report.md").read_text()
+    assert "| all[audio+text]" in report or "all[audio+text] |" in report
+    assert "`text` (C, 2 seen classes)" in report and "routing ceiling" in report
+
+
+def test_one_trained_class_stops_before_training(hetero, prefect_server, tmp_path, capsys) -> None:
+    from flows.cli import main
+
+    features, classes = hetero
+    seen = tmp_path / "seen.csv"
+    seen.write_text("modality,class_name\naudio,dog barking\naudio,cat meowing\nvideo,car horn\n")
+    argv = ["run", "--features", str(features), "--classes", str(classes), "--modalities", "audio,video",
+            "--seen", str(seen), "--epochs", "1", "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "out")]
+    assert main(argv) == 1
+    assert "modality 'video' has training rows for 1 seen class(es) ['car horn']; it needs at least 2" in capsys.readouterr().err
+    assert not (tmp_path / "ws" / "train").exists()
+
+
+def test_default_halves_reproduces_the_metrics_before_seen_modes(prefect_server, tmp_path) -> None:
+    """The embedded default with two disjoint modalities (--seen halves) gives, key for key,
+    the metrics.json that the code before seen modes wrote for the same seed and epochs."""
+    from flows.cli import main
+
+    assert main(["run", "--seen", "halves", "--epochs", "5", "--seed", "0",
+                 "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "out")]) == 0
+    now = json.loads((tmp_path / "out" / "metrics.json").read_text())
+    before = json.loads(REFERENCE.read_text())
+    for who in ("A_seen", "B_seen"):
+        assert now["classes"][who] == before["classes"][who]
+    for method, scores in before["methods"].items():
+        assert {k: now["methods"][method][k] for k in scores} == scores, method
+    for key, value in before["diagnostics"].items():
+        if isinstance(value, dict) and key == "CSCF_uncalibrated":
+            assert {k: now["diagnostics"][key][k] for k in value} == value
+        else:
+            assert now["diagnostics"][key] == value, key
