@@ -18,7 +18,7 @@ _DESCRIPTIONS = {
     "features": "Validate the features; refused rows go to features/<key>.rejected.parquet.",
     "descriptions": "Write one description per class (classes.csv, published CSV, LLM or offline writer).",
     "class_embeddings": "Embed the class descriptions with the text encoder.",
-    "split": "Split the classes between the two modalities and the samples into train and test.",
+    "split": "Decide which classes each modality saw (data, halves or a file) and split the samples into train and test.",
     "train": "Train CSCF and the baseline B.",
     "evaluate": "Evaluate every method; unlike `cscf`, nothing is copied to params.out.",
 }

@@ -75,6 +75,16 @@ def test_doc_view_is_the_minilm_embedding_of_the_docstring(built: make_pydocs.Py
     np.testing.assert_allclose(np.stack(doc.loc[picked, "vector"].to_numpy()), expected, atol=1e-4)
 
 
+def test_name_view_is_the_minilm_embedding_of_the_name_without_its_module(built: make_pydocs.PydocsBuild) -> None:
+    name = _view(built.features, "name")
+    assert set(name.index) == set(_view(built.features, "doc").index)
+    picked = name.index[::20]
+    words = [" ".join(p.lower() for p in make_pydocs.IDENTIFIER_PIECE.findall(_resolve(s).__qualname__)) for s in picked]
+    assert not any(module in w for w in words for module in ("logging", "inspect"))  # the label is not in the view
+    expected = build_text_encoder("minilm").encode(words)
+    np.testing.assert_allclose(np.stack(name.loc[picked, "vector"].to_numpy()), expected, atol=1e-4)
+
+
 def test_code_view_is_standardised_svd_of_the_subset(built: make_pydocs.PydocsBuild) -> None:
     vectors = np.stack(_view(built.features, "code")["vector"].to_numpy())
     n = sum(built.counts.values())

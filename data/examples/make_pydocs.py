@@ -3,7 +3,7 @@
 Items are the public, Python-source functions and methods of a fixed list of installed
 modules (stdlib and packages in the project's environment); an item's class is the
 module or package it was written in, e.g. `logging.Logger.info` is a "logging" item.
-Each item is seen through two views of the same function:
+Each item is seen through three views of the same function:
 
 - `doc`: the MiniLM embedding of its docstring. Class descriptions are the first
   paragraph of each module's own docstring, embedded by the same encoder, so this
@@ -15,13 +15,15 @@ Each item is seen through two views of the same function:
   fitted on all items without their labels: unsupervised preprocessing, like fitting
   a feature extractor; it sees the code of items that end up in the test split, but
   never a label.
+- `name`: the MiniLM embedding of its qualified name without the module path, split
+  into words (`Logger.info` -> "logger info"): a short, weaker text-aligned view.
 
 Everything comes from the local environment (no network); the output is deterministic
 for a given environment, but other library versions give other items.
 
 Writes, in the bring-your-own-features format (CONTRACTS section 1):
   OUT_DIR/classes.csv        class_name (module name) and description (its docstring)
-  OUT_DIR/features.parquet   long form, modalities `doc` and `code`, no split column
+  OUT_DIR/features.parquet   long form, modalities `doc`, `code` and `name`, no split column
 
 Usage: .venv/bin/python data/examples/make_pydocs.py OUT_DIR
 """
@@ -104,12 +106,13 @@ IDENTIFIER_PIECE = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+")
 
 
 class Item(NamedTuple):
-    """One function or method: its class, its cleaned docstring and its code tokens."""
+    """One function or method: its class, its cleaned docstring, its code tokens and its name's words."""
 
     sample_id: str
     class_name: str
     doc: str
     tokens: list[str]
+    name: str
 
 
 class PydocsBuild(NamedTuple):
@@ -222,7 +225,8 @@ def _collect(class_name: str, package: Sequence[ModuleType], skipped: Counter[st
         except SyntaxError:
             skipped["source does not parse"] += 1
             continue
-        items.append(Item(path, class_name, doc[:DOC_CHARS], tokens))
+        name = " ".join(piece.lower() for piece in IDENTIFIER_PIECE.findall(func.__qualname__.replace("<locals>", "")))
+        items.append(Item(path, class_name, doc[:DOC_CHARS], tokens, name))
     return items
 
 
@@ -271,6 +275,7 @@ def make_pydocs(
     views = {
         "doc": encoder.encode([item.doc for item in items]),
         "code": code_view([item.tokens for item in items], seed),
+        "name": encoder.encode([item.name for item in items]),
     }
     classes, features = write_dataset(
         Path(out_dir), [item.sample_id for item in items], [item.class_name for item in items], views, descriptions
