@@ -13,7 +13,7 @@ import time
 import pytest
 import torch
 
-from cscf_model.baselines import BASELINES, Baseline, create_baseline
+from cscf_model.baselines import BASELINES, Baseline, ExternalSemantics, create_baseline
 from cscf_model.trainer import TrainConfig, TrainData
 
 N_CLASSES, D_S, DIMS = 16, 8, (32, 24)
@@ -47,6 +47,9 @@ class Toy:
             x = self.class_emb[y] @ maps[m] + 0.5 * torch.randn(len(y), DIMS[m], generator=g) + 3.0
             return x, y
 
+        # DSECN's external class names: random vectors stand in for embedded names here.
+        self.external = ExternalSemantics(torch.randn(40, D_S, generator=g), torch.randn(10, D_S, generator=g),
+                                          torch.arange(10))
         train = [draw(m, self.seen[m].nonzero().squeeze(1), 40) for m in range(2)]
         self.train = TrainData([x for x, _ in train], [y for _, y in train])
         self.test = [draw(m, torch.arange(N_CLASSES), 20) for m in range(2)]
@@ -89,7 +92,7 @@ def trained(toy: Toy, request: pytest.FixtureRequest) -> Trained:
     """Each method trained once per session on the toy (the tests below share it)."""
     name = request.param
     if name not in _TRAINED:
-        model = create_baseline(name, list(DIMS), toy.class_emb, toy.seen)
+        model = create_baseline(name, list(DIMS), toy.class_emb, toy.seen, toy.external)
         start = time.perf_counter()
         losses = model.fit(toy.train, CFG)
         _TRAINED[name] = Trained(name, model, losses, time.perf_counter() - start)
@@ -101,7 +104,10 @@ def test_learns_each_modalitys_seen_classes(trained: Trained, toy: Toy) -> None:
     assert len(trained.losses) == CFG.epochs and trained.losses[-1] < trained.losses[0]
     a_s, b_s = accuracy(trained.model, toy, 0, True), accuracy(trained.model, toy, 1, True)
     print(f"{trained.name}: A_s {a_s:.1f} B_s {b_s:.1f} in {trained.seconds:.1f}s", end=" ")
-    assert a_s > 80 and b_s > 80  # chance is 100/16
+    # ZLA drops at test the log r (r = 30) it added to seen-class logits in training: it
+    # trades seen-class accuracy for unseen by design. Chance is 100/16.
+    floor = 60 if trained.name == "ZLA" else 80
+    assert a_s > floor and b_s > floor
 
 
 @pytest.mark.parametrize("trained", ZERO_SHOT, indirect=True)
@@ -156,7 +162,7 @@ def test_training_is_deterministic_given_the_seed(name: str, toy: Toy) -> None:
 
     def scores(seed: int) -> torch.Tensor:
         torch.manual_seed(seed * 7 + 1)  # the global RNG state before fit must not matter
-        model = create_baseline(name, list(DIMS), toy.class_emb, toy.seen)
+        model = create_baseline(name, list(DIMS), toy.class_emb, toy.seen, toy.external)
         model.fit(toy.train, dataclasses.replace(cfg, seed=seed))
         return model.predict(feats, present).scores
 
@@ -168,7 +174,7 @@ def test_training_is_deterministic_given_the_seed(name: str, toy: Toy) -> None:
 @pytest.mark.parametrize("trained", BASELINES, indirect=True)
 def test_state_dict_rebuilds_the_trained_model(trained: Trained, toy: Toy) -> None:
     model = trained.model
-    rebuilt = create_baseline(trained.name, list(DIMS), toy.class_emb, toy.seen)
+    rebuilt = create_baseline(trained.name, list(DIMS), toy.class_emb, toy.seen, toy.external)
     rebuilt.load_state_dict(model.state_dict())
     feats, present, _ = toy.alone(1)
     assert torch.equal(rebuilt.predict(feats, present).scores, model.predict(feats, present).scores)

@@ -28,7 +28,7 @@ def test_writes_contract_metrics_per_seed_with_every_method(bench) -> None:
     for seed in (0, 1):
         metrics = json.loads((root / "out" / f"seed-{seed}" / "metrics.json").read_text())
         assert metrics["seed"] == seed
-        assert set(metrics["methods"]) == {"B", "B+O", "B+O+D", "CSCF", "TMC", "ZLA"}
+        assert set(metrics["methods"]) == {"B", "B+O", "B+O+D", "CSCF", "CSCF (paper)", "TMC", "ZLA", "ZLA + cal"}
         assert {"dmss_routing_accuracy", "seen_unseen", "CSCF_uncalibrated"} <= set(metrics["diagnostics"])
 
 
@@ -39,7 +39,7 @@ def test_report_has_mean_and_std_over_seeds_calibration_and_figures(bench) -> No
     tmc = [m["methods"]["TMC"]["acc_mix"] for m in seeds]
     mean, std = sum(tmc) / 2, abs(tmc[0] - tmc[1]) / 2 ** 0.5
     assert f"{mean:.2f} ± {std:.2f}" in report
-    assert "| CSCF (margin 0) " in report and "## Unseen classes" in report
+    assert "| CSCF (margin 0) " in report and "| ZLA + cal " in report and "## Unseen classes" in report
     for png in ("figure4_topk.png", "figure7_uncertainty.png", "seen_unseen.png"):
         assert f"]({png})" in report and (root / "out" / png).read_bytes()[:4] == b"\x89PNG"
 

@@ -1,6 +1,7 @@
 """What the seven baselines share: the `Baseline` interface, one minibatch training loop,
-the paper's "two unimodal models + confidence selection" wrapper for the zero-shot
-methods, and the small building blocks used by more than one method.
+the paper's "one unimodal model per modality + confidence selection" wrapper for the
+zero-shot methods, calibrated stacking for methods with per-modality class scores, and
+the small building blocks used by more than one method.
 
 The training loop draws batches with the CSCF trainer's own `epoch_batches`,
 so baselines and CSCF see the same samples in the same order for a seed.
@@ -10,11 +11,13 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from ..calibration import SeenUnseenCurve, pseudo_unseen_split
 from ..trainer import TrainConfig, TrainData, epoch_batches, resolve_device
 
 
@@ -29,8 +32,12 @@ class Baseline(nn.Module):
 
     class_emb (N, d_s) and seen (M, N) are buffers; so are the per-modality feature
     mean/std fitted on the training data, so a state_dict rebuilds the model exactly.
-    Subclasses define `loss` (one training batch) and `predict`.
+    Subclasses define `loss` (one training batch) and `predict`. A method that scores
+    every class per modality also defines `modality_logits` and sets `calibratable`:
+    calibrated stacking (`fit_margins`, `calibration_offset`) then applies to it.
     """
+
+    calibratable = False
 
     def __init__(self, input_dims: list[int], class_emb: torch.Tensor, seen: torch.Tensor) -> None:
         super().__init__()
@@ -40,6 +47,7 @@ class Baseline(nn.Module):
         for m, d in enumerate(self.input_dims):
             self.register_buffer(f"in_mean_{m}", torch.zeros(d))
             self.register_buffer(f"in_std_{m}", torch.ones(d))
+        self.register_buffer("margin", torch.zeros(len(self.input_dims)))
 
     @property
     def n_classes(self) -> int:
@@ -52,13 +60,26 @@ class Baseline(nn.Module):
                 getattr(self, f"in_mean_{m}").copy_(x.mean(0))
                 getattr(self, f"in_std_{m}").copy_(x.std(0).clamp_min(1e-6))
 
+    def standardise(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """Modality m's features with the training mean/std fitted in `prepare`."""
+        return (x.to(self.class_emb.device) - getattr(self, f"in_mean_{m}")) / getattr(self, f"in_std_{m}")
+
     def inputs(self, features: list[torch.Tensor], present: torch.Tensor) -> list[torch.Tensor]:
         """Standardised features; absent rows become zero vectors (the padding of appendix D)."""
-        out = []
-        for m, (x, p) in enumerate(zip(features, present.T)):
-            z = (x.to(self.class_emb.device) - getattr(self, f"in_mean_{m}")) / getattr(self, f"in_std_{m}")
-            out.append(z * p.to(z.device)[:, None])
-        return out
+        return [self.standardise(m, x) * p.to(self.class_emb.device)[:, None]
+                for m, (x, p) in enumerate(zip(features, present.T))]
+
+    def calibration_offset(self, present: torch.Tensor) -> torch.Tensor:
+        """(M, B, N): what calibrated stacking subtracts from modality m's class scores:
+        its margin on its seen classes, on samples that show modality m alone. The rule
+        of CSCF's `calibration_offset` (cscf_model/cscf.py): with several modalities the
+        method's own selection decides, and a margin would blur the confidence it reads."""
+        single = (present.sum(1) == 1).to(self.margin.dtype)  # (B,)
+        return (self.margin[:, None] * self.seen)[:, None, :] * single[None, :, None]
+
+    def modality_logits(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """(B, N) class scores of modality m alone, on standardised features, uncalibrated."""
+        raise NotImplementedError(f"{type(self).__name__} has no per-modality class scores")
 
     def loss(self, feats: list[torch.Tensor], labels: torch.Tensor, present: torch.Tensor, epoch: int) -> torch.Tensor:
         raise NotImplementedError
@@ -116,6 +137,33 @@ class Baseline(nn.Module):
                 )
 
 
+def fit_margins(
+    make: Callable[[torch.Tensor], Baseline],
+    data: TrainData,
+    seen: torch.Tensor,
+    cfg: TrainConfig,
+    holdout: float,
+    criterion: str,
+    max_seen_drop: float | None,
+) -> list[float]:
+    """Calibrated stacking's margin per modality, chosen on training data only, exactly as
+    for CSCF (calibration.fit_margins): a copy of the method, make(pseudo_seen), is trained
+    without a held-out share of each modality's seen classes, and each modality's margin
+    is the best one on its held-out samples by `criterion`. The copy is then discarded."""
+    fit, pseudo_seen, val = pseudo_unseen_split(data, seen, holdout, 0.2, cfg.seed)
+    model = make(pseudo_seen)
+    if not model.calibratable:
+        raise ValueError(f"{type(model).__name__} has no per-modality class scores to calibrate")
+    model.fit(fit, cfg)
+    margins = []
+    with torch.no_grad():
+        for m, (x, y) in enumerate(zip(val.features, val.labels)):
+            logits = model.modality_logits(m, model.standardise(m, x))
+            curve = SeenUnseenCurve.from_logits(logits, y, pseudo_seen[m])
+            margins.append(curve.best_margin(criterion, max_seen_drop))
+    return margins
+
+
 # ----------------------------------------------------------------------------- building blocks
 
 
@@ -166,8 +214,8 @@ class UnimodalZSL(nn.Module):
         self.register_buffer("sem", semantic_inputs(class_emb))  # (N, d_s)
         self.register_buffer("seen_m", seen.bool().clone())  # (N,)
 
-    def prepare(self, labels: torch.Tensor) -> None:
-        """Fit label statistics (e.g. a class prior) before training."""
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> None:
+        """Fit what the method reads from its (standardised) training data before training."""
 
     def loss(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         raise NotImplementedError
@@ -177,19 +225,25 @@ class UnimodalZSL(nn.Module):
 
 
 class ConfidencePair(Baseline):
-    """The CSCF paper's protocol for unimodal zero-shot methods (section 4.1): one model
-    per modality; a unimodal sample goes to its modality's model, a multimodal sample
-    takes the prediction of the model with the larger maximum softmax probability."""
+    """The CSCF paper's protocol for unimodal zero-shot methods (section 4.1), for M >= 2
+    modalities: one model per modality, each trained on its own seen classes (sets may
+    overlap); a unimodal sample goes to its modality's model, a multimodal sample takes
+    the prediction of the present model with the largest maximum softmax probability."""
+
+    calibratable = True
 
     def __init__(self, input_dims: list[int], class_emb: torch.Tensor, seen: torch.Tensor,
-                 unimodal: type[UnimodalZSL]) -> None:
+                 unimodal: Callable[[int, torch.Tensor, torch.Tensor], UnimodalZSL]) -> None:
         super().__init__(input_dims, class_emb, seen)
         self.models = nn.ModuleList(unimodal(d, self.class_emb, s) for d, s in zip(input_dims, self.seen))
 
     def prepare(self, data: TrainData) -> None:
         super().prepare(data)
-        for model, y in zip(self.models, data.labels):
-            model.prepare(y.to(self.class_emb.device))
+        for m, (model, x, y) in enumerate(zip(self.models, data.features, data.labels)):
+            model.prepare(self.standardise(m, x), y.to(self.class_emb.device))
+
+    def modality_logits(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        return self.models[m].logits(x)
 
     def loss(self, feats: list[torch.Tensor], labels: torch.Tensor, present: torch.Tensor, epoch: int) -> torch.Tensor:
         terms = [model.loss(x[p], labels[p]) for model, x, p in zip(self.models, feats, present.T) if p.any()]
@@ -199,7 +253,8 @@ class ConfidencePair(Baseline):
     def predict(self, features: list[torch.Tensor], present: torch.Tensor) -> BaselineOutput:
         present = present.to(self.class_emb.device)
         feats = self.inputs(features, present)
-        logp = torch.stack([m.logits(x).log_softmax(-1) for m, x in zip(self.models, feats)])  # (M, B, N)
+        logits = torch.stack([self.modality_logits(m, x) for m, x in enumerate(feats)])  # (M, B, N)
+        logp = (logits - self.calibration_offset(present)).log_softmax(-1)
         confidence = logp.amax(-1).masked_fill(~present.T, -math.inf)  # (M, B)
         dominant = confidence.argmax(0)
         scores = logp[dominant, torch.arange(logp.shape[1], device=logp.device)]

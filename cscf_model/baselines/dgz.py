@@ -10,7 +10,7 @@ real seen-class sample the unseen classes leave the softmax denominator, except 
 highest-scoring one, which stays with weight lambda_1. Real seen samples thus stop
 pushing every unseen class down, the main source of the seen bias.
 
-Run as the CSCF paper runs it: one DGZ per modality, confidence selection for bimodal
+Run as the CSCF paper runs it: one DGZ per modality, confidence selection for multimodal
 samples (common.ConfidencePair).
 
 Deviations from the original:
@@ -59,7 +59,7 @@ class DGZModel(UnimodalZSL):
         self.head = PrototypeHead(d_s, d_in)
         self.n_train = 0
 
-    def prepare(self, labels: torch.Tensor) -> None:
+    def prepare(self, x: torch.Tensor, labels: torch.Tensor) -> None:
         self.n_train = len(labels)
 
     def _augment(self, s: torch.Tensor) -> torch.Tensor:
