@@ -9,6 +9,7 @@ resumed run ends with the same weights as an uninterrupted one.
 from __future__ import annotations
 
 import copy
+import hashlib
 import math
 from dataclasses import asdict, dataclass
 from typing import Any, Callable, Iterator
@@ -41,6 +42,15 @@ class TrainData:
 
     features: list[torch.Tensor]
     labels: list[torch.Tensor]
+
+
+def stage_seed(seed: int, stage: str) -> int:
+    """A seed for one stage's random draws, derived from the run's seed and the stage's name.
+
+    Seeding each stage from this, never from the global RNG state left by earlier work,
+    keeps a stage's draws the same whether that earlier work ran or was skipped on resume.
+    """
+    return int.from_bytes(hashlib.sha256(f"{seed}:{stage}".encode()).digest()[:4], "little")
 
 
 def resolve_device(name: str) -> torch.device:

@@ -22,12 +22,14 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Optional
 
+from filelock import FileLock
 from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from . import catalog
 
 RESULTS_DIR = ".prefect-results"
+LOCKS_DIR = ".locks"
 
 
 def file_digest(path: str | Path) -> str:
@@ -94,12 +96,27 @@ class Stage:
         return self.complete is None or self.complete(Path(workspace), key)
 
     def run(self, params: dict[str, Any]) -> str:
-        """Build the outputs unless they exist; return the key downstream stages take."""
-        key = self.key(params)
-        if not self.is_built(params["workspace"], key):
-            rest = {k: v for k, v in params.items() if k != "workspace"}
-            self.build(Path(params["workspace"]), key, **rest)
+        """Build the outputs unless they exist; return the key downstream stages take.
+
+        The build holds the key's lock: a second run with the same key (another `cscf run`
+        on this workspace) waits, then finds the outputs built. Its outputs, partial
+        folders and checkpoints thus have one writer at a time.
+        """
+        key, workspace = self.key(params), Path(params["workspace"])
+        if self.is_built(workspace, key):
+            return key
+        with stage_lock(workspace, self.name, key):
+            if not self.is_built(workspace, key):
+                self.build(workspace, key, **{k: v for k, v in params.items() if k != "workspace"})
         return key
+
+
+def stage_lock(workspace: Path, name: str, key: str) -> FileLock:
+    """The lock of one stage output in a workspace: an OS file lock (flock), so a killed
+    holder releases it at once and never leaves a stale lock behind."""
+    folder = workspace / LOCKS_DIR
+    folder.mkdir(parents=True, exist_ok=True)
+    return FileLock(folder / f"{name}-{key}.lock")
 
 
 @dataclass

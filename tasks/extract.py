@@ -23,6 +23,7 @@ import dataclasses
 import hashlib
 import json
 import math
+import os
 import threading
 from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -140,6 +141,11 @@ def read_manifest(path: Path) -> pd.DataFrame:
         raise ValueError(
             f"{path}: {where(i)}: sample_id {table['sample_id'].iat[i]!r} is already on {where(first)}"
         )
+    escaping = [i for i, p in enumerate(table["path"]) if _escapes_root(p)]
+    if escaping:
+        i = escaping[0]
+        raise ValueError(f"{path}: {where(i)}: path {table['path'].iat[i]!r} leaves the media root; "
+                         f"paths must be relative and stay inside it ({len(escaping)} such row(s))")
     bad_split = np.flatnonzero(~table["split"].isin([*SPLITS, ""]).to_numpy())
     if len(bad_split):
         i = int(bad_split[0])
@@ -148,6 +154,12 @@ def read_manifest(path: Path) -> pd.DataFrame:
         )
     table["split"] = table["split"].astype(object).where(table["split"] != "", None)
     return table.reset_index(drop=True)
+
+
+def _escapes_root(path: str) -> bool:
+    """An absolute path, or one whose `..` climbs above the folder it is relative to: a
+    manifest from someone else must not make the run read files outside the media root."""
+    return os.path.isabs(path) or os.path.normpath(path).split(os.sep)[0] == ".."
 
 
 def shard_count(rows: int, shard_size: int) -> int:
@@ -242,7 +254,8 @@ def _claim(out_dir: Path, identity: dict[str, Any]) -> None:
 def _progress(samples: int, settings: ExtractSettings) -> tqdm:
     """A progress bar counting (sample, modality) items."""
     return tqdm(
-        total=samples * len(settings.modalities), desc="extract", unit="item", disable=not settings.progress
+        total=samples * len(settings.modalities), desc="extract", unit="item",
+        disable=None if settings.progress else True,  # None: off when stderr is not a terminal
     )
 
 

@@ -17,6 +17,9 @@ import openai
 # Status codes worth waiting for; any other HTTP error (401, 400, 404) will not heal by retrying.
 _RETRYABLE_STATUS = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 _MAX_REASON_CHARS = 300
+# A class description is a few sentences; an answer this long is a runaway generation
+# (or a prompt echoed back), and embedding it would swamp the class name.
+MAX_ANSWER_CHARS = 4000
 
 
 class LLMCallError(RuntimeError):
@@ -130,9 +133,16 @@ class ChatLLM:
             raise LLMCallError(reason) from None
         except (openai.APIResponseValidationError, ValueError) as exc:
             raise _Retryable(f"malformed answer: {self._mask(str(exc))}") from None
-        texts = [text for text in map(_choice_text, getattr(completion, "choices", None) or []) if text]
+        contents = [getattr(getattr(c, "message", None), "content", None) for c in getattr(completion, "choices", None) or []]
+        if any(c is not None and not isinstance(c, str) for c in contents):
+            kind = next(type(c).__name__ for c in contents if c is not None and not isinstance(c, str))
+            raise _Retryable(f"answer is not text (content is {kind})")
+        texts = [text for text in map(_collapse, contents) if text]
         if not texts:
             raise _Retryable("empty answer")
+        longest = max(map(len, texts))
+        if longest > MAX_ANSWER_CHARS:
+            raise _Retryable(f"answer too long ({longest} characters, at most {MAX_ANSWER_CHARS})")
         return texts
 
     def _mask(self, text: str) -> str:
@@ -141,10 +151,9 @@ class ChatLLM:
         return text[:_MAX_REASON_CHARS]
 
 
-def _choice_text(choice: object) -> str:
-    """The answer text of one choice with whitespace collapsed, or "" when it has none."""
-    content = getattr(getattr(choice, "message", None), "content", None)
-    return " ".join(content.split()) if isinstance(content, str) else ""
+def _collapse(content: str | None) -> str:
+    """An answer's text with whitespace collapsed, or "" when it has none."""
+    return " ".join(content.split()) if content else ""
 
 
 def _retry_after_s(header: str | None) -> float | None:

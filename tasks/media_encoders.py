@@ -25,6 +25,7 @@ import importlib.util
 import json
 import math
 import os
+import pickle
 import sys
 import zipfile
 from dataclasses import dataclass
@@ -343,8 +344,13 @@ class ClapAudioTower(nn.Module):
 
 
 def _load_clap_weights(tower: ClapAudioTower, path: Path, spec: AudioEncoderSpec) -> None:
-    # laion_clap checkpoints carry training state besides tensors; laion_clap loads them the same way.
-    checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+    # laion_clap checkpoints carry training state besides tensors (epoch, optimizer: plain
+    # values); weights_only refuses anything that would run code when unpickled.
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: holds Python objects besides tensors and plain values; refusing to unpickle "
+                         "it (re-save its state_dict with torch.save, from a trusted copy)") from e
     state = checkpoint.get("state_dict", checkpoint)
     state = {key.removeprefix("module."): value for key, value in state.items()}
     audio = {k: v for k, v in state.items() if k.startswith(("audio_branch.", "audio_projection."))}

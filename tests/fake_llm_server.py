@@ -7,8 +7,9 @@ prompt), `fail_matching(text, mode)` fails every request whose prompt contains
 
 Modes: "slow" (answers after `slow_s`, longer than a test client's timeout), "429",
 "500", "garbage" (200 with a body that is not JSON), "wrong_shape" (JSON with no
-choices), "empty" (a choice with empty content), "401" (echoes the bearer token in
-the error text, as some servers do, to check that clients mask it).
+choices), "empty" (a choice with empty content), "long" (an answer of LONG_ANSWER_CHARS
+characters), "not_text" (content that is a JSON number, not a string), "401" (echoes the
+bearer token in the error text, as some servers do, to check that clients mask it).
 """
 
 from __future__ import annotations
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
-MODES = ("slow", "429", "500", "garbage", "wrong_shape", "empty", "401")
+MODES = ("slow", "429", "500", "garbage", "wrong_shape", "empty", "long", "not_text", "401")
+LONG_ANSWER_CHARS = 20_000
 
 
 @dataclass(frozen=True)
@@ -144,8 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
             self._send(200, {"unexpected": True})
         else:
             fake._closing.wait(fake.slow_s if mode == "slow" else fake.answer_delay_s)
+            special = {"empty": "", "long": "word " * (LONG_ANSWER_CHARS // 5), "not_text": 12345}
             texts = [
-                "" if mode == "empty" else answer_text(_prompt_of(body), index)
+                special[mode] if mode in special else answer_text(_prompt_of(body), index)
                 for index in range(int(body.get("n", 1)) if fake.honour_n else 1)
             ]
             self._send(200, _completion(body.get("model", ""), texts))
@@ -168,7 +171,7 @@ def _prompt_of(body: dict[str, Any]) -> str:
     return "\n".join(str(m.get("content", "")) for m in body.get("messages", []))
 
 
-def _completion(model: str, texts: list[str]) -> dict[str, Any]:
+def _completion(model: str, texts: list[Any]) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
