@@ -27,6 +27,26 @@ def _prefect_env(workspace: str) -> None:
         os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
 
 
+def _start_temporary_server() -> None:
+    """Start Prefect's temporary server now, one process at a time per PREFECT_HOME.
+
+    Two `cscf run` on one workspace share its Prefect database; started together, both
+    servers create the tables of a fresh database and one exits ("table ... already
+    exists"), then restarts late or times out. Holding a lock in PREFECT_HOME until the
+    server answers lets the first finish the migrations; the second then finds them done.
+    """
+    from filelock import FileLock
+    from prefect.server.api.server import SubprocessASGIServer
+    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
+
+    if PREFECT_API_URL.value():  # a server of the user's (or of the tests)
+        return
+    home = Path(PREFECT_HOME.value())
+    home.mkdir(parents=True, exist_ok=True)
+    with FileLock(home / "cscf-server-start.lock"):
+        SubprocessASGIServer().start()
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscf", description="CSCF multimodal classification under heterogeneous category sets")
     sub = p.add_subparsers(dest="command", required=True)
@@ -41,7 +61,23 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help="a DuckDB query, e.g. \"select * from metrics where method = 'CSCF'\"")
     query.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
+    _predict_args(sub.add_parser("predict", help="classify new samples with DIR/model from `cscf run --out DIR`"))
     return p
+
+
+def _predict_args(p: argparse.ArgumentParser) -> None:
+    """`cscf predict` (CONTRACTS section 5)."""
+    p.add_argument("--model", required=True, help="model folder written by `cscf run --out DIR` (DIR/model)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--features", help="Parquet file or folder in long form (class_name and split optional)")
+    source.add_argument("--manifest", help="media manifest, extracted with the encoders recorded in the model")
+    p.add_argument("--media-root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
+    p.add_argument("--classes", help="classes.csv to predict over (default: the model's); new names are added by name")
+    p.add_argument("--out", required=True, help="output .parquet file (a .summary.json is written beside it)")
+    p.add_argument("--workspace", help="cache of added classes' vectors and of extractions (default: data/workspace)")
+    p.add_argument("--top-k", type=int, default=5, help="classes listed per sample (default 5)")
+    p.add_argument("--task-runner", choices=("threads", "dask"), default="threads", help="what runs one task per input file")
+    p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: a local one on 127.0.0.1)")
 
 
 def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
@@ -53,11 +89,14 @@ def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--clap-checkpoint", help="laion-clap checkpoint file for audio features")
     p.add_argument("--published", help="root of a published feature set (ClipClap-GZSL or AVCA-GZSL layout)")
     p.add_argument("--classes", help="classes.csv (required with --features, --manifest or --published)")
-    p.add_argument("--modalities", help="A,B: the two modalities (default: first two sorted)")
+    p.add_argument("--modalities", help="A,B[,C...]: two or more modalities (default: the first two sorted)")
+    p.add_argument("--seen", help="auto (default), halves, data, or a CSV file (modality, class_name): which classes each modality saw")
+    p.add_argument("--overlap", type=float, help="with --seen halves: fraction of the classes seen by every modality")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
     p.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
     p.add_argument("--llm", choices=("auto", "llm", "offline"), default="auto", help="description writer")
     p.add_argument("--template", help="prompt template file for the LLM")
+    p.add_argument("--offline-template", help="the offline description writer's phrasings: a file, one per line, with {class_name}")
     p.add_argument("--epochs", type=int, help="training epochs (default 50)")
     p.add_argument("--top-k", type=int, help="CSMF top-k (default 3)")
     p.add_argument("--device", help="auto, cpu or cuda")
@@ -99,6 +138,7 @@ def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Pref
 
     extract = {k: v for k, v in (("clip_pretrained", args.clip_checkpoint), ("clap_checkpoint", args.clap_checkpoint)) if v}
     llm = {"mode": args.llm} | ({"template": args.template} if args.template else {})
+    llm |= {"offline_template": args.offline_template} if args.offline_template else {}
     fields = {
         "features": args.features,
         "classes": args.classes,
@@ -107,6 +147,8 @@ def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Pref
         "published": args.published,
         "extract": ExtractParams(**extract),
         "modalities": args.modalities.split(",") if args.modalities else None,
+        "seen": args.seen,
+        "overlap": args.overlap,
         "seed": getattr(args, "seed", 0),
         "out": args.out,
         "workspace": args.workspace,
@@ -132,21 +174,96 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "sentence_transformers", "prefect.server", "uvicorn", "docket", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    quiet = _NoUserErrorTraceback()
+    for name in ("prefect.flow_runs", "prefect.task_runs"):
+        logging.getLogger(name).addFilter(quiet)
+    if args.command == "predict":
+        return _predict(args)
     try:
         params = _params(args)
         params.check_inputs()
+        _check_user_files(params)
+        _start_temporary_server()
         if args.command == "benchmark":
             return _benchmark(args, params)
         from flows.pipeline import cscf
 
         result = cscf(params)
-    except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
+    except USER_ERRORS as e:
         message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
         print(f"cscf: error: {message.splitlines()[0]}", file=sys.stderr)
         return 1
     for name, path in result["outputs"].items():
         print(f"wrote {path}")
     print("stages: " + ", ".join(f"{k}={v}" for k, v in result["states"].items()))
+    if "metrics.json" in result["outputs"]:
+        print(run_summary(json.loads(Path(result["outputs"]["metrics.json"]).read_text()), result["outputs"]))
+    return 0
+
+
+TABLE1 = ("A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix")
+
+
+def run_summary(metrics: dict, outputs: dict[str, str]) -> str:
+    """What a user looks at after `cscf run`: CSCF's Table 1 row, the routing accuracy, where
+    the outputs are. Two modalities give the paper's columns; more give every subset."""
+    scores = metrics["methods"]["CSCF"]
+    names = [k for k in TABLE1 if k in scores] if len(metrics["modalities"]) == 2 else list(scores)
+    cells = ["-" if scores[k] is None else f"{scores[k]:.2f}" for k in names]
+    widths = [max(len(a), len(b)) for a, b in zip(names, cells)]
+    routing = (metrics.get("diagnostics") or {}).get("dmss_routing_accuracy")
+    lines = [f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 % over all {len(metrics['classes']['all'])} classes"
+             if "all" in metrics["classes"] else f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 %",
+             "  ".join(n.rjust(w) for n, w in zip(names, widths)),
+             "  ".join(c.rjust(w) for c, w in zip(cells, widths)),
+             "DMSS routing accuracy: " + ("-" if routing is None else f"{routing:.2f} %"),
+             "outputs: " + ", ".join(str(p) for p in outputs.values())]
+    return "\n".join(lines)
+
+
+# What `main` reports as one `cscf: error:` line: bad inputs, settings and files the
+# message names (pydantic's ValidationError is a ValueError).
+USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+class _NoUserErrorTraceback(logging.Filter):
+    """Prefect logs a failed flow or task with its traceback; for a bad input (one the error
+    names) the one-line `cscf: error:` is the whole story."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], USER_ERRORS):
+            record.exc_info = None
+        return True
+
+
+def _check_user_files(params) -> None:  # params: PipelineParams
+    """The checks that cost little, done before Prefect starts: classes.csv, the features'
+    Parquet footers, the prompt template (when an LLM writes the descriptions)."""
+    from tasks.descriptions import load_template
+    from tasks.features import check_features_file, read_classes
+
+    read_classes(params.classes_path())
+    if params.features:
+        check_features_file(params.features)
+    if params.llm.mode == "llm" or (params.llm.mode == "auto" and os.environ.get("OPENAI_API_KEY")):
+        load_template(Path(params.llm.template))
+
+
+def _predict(args: argparse.Namespace) -> int:
+    """Run the `cscf-predict` flow in-process; a bad input is one line and leaves no output."""
+    try:
+        from flows.predict import PredictParams, cscf_predict
+
+        fields = {k: getattr(args, k) for k in ("model", "features", "manifest", "media_root", "classes", "out",
+                                                "workspace", "top_k", "task_runner", "dask_address")}
+        params = PredictParams(**{k: v for k, v in fields.items() if v is not None})
+        params.check_inputs()
+        result = cscf_predict(params)
+    except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
+        message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+        print(f"cscf: error: {message.splitlines()[0]}", file=sys.stderr)
+        return 1
+    print(f"wrote {result['output']} ({result['samples']} samples) and {result['summary']}")
     return 0
 
 

@@ -9,7 +9,7 @@ from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tasks.catalog import DEFAULT_WORKSPACE
 from tasks.default_dataset import default_classes_path
-from tasks.descriptions import DEFAULT_TEMPLATE
+from tasks.descriptions import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE
 
 STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "evaluate")
 
@@ -19,6 +19,8 @@ class LLMParams(BaseModel):
 
     mode: Literal["auto", "llm", "offline"] = Field("auto", description="auto: the LLM when OPENAI_API_KEY is set, else the offline writer")
     template: str = Field(str(DEFAULT_TEMPLATE), description="prompt template file with a {class_name} placeholder")
+    offline_template: str = Field(str(DEFAULT_OFFLINE_TEMPLATE),
+                                  description="the offline writer's phrasings, one per line, each with {class_name}")
     model: str = "gpt-4o-mini"
     base_url: str | None = Field(None, description="OpenAI-compatible endpoint (vLLM, Ollama); default: OPENAI_BASE_URL")
     temperature: float = 0.0
@@ -26,6 +28,7 @@ class LLMParams(BaseModel):
     concurrency: int = Field(4, ge=1)
     timeout_s: float = Field(30.0, gt=0)
     published_csv: str | None = Field(None, description="CSV of published descriptions (name, description_1, ...)")
+    secret_block: str | None = Field(None, description="Prefect Secret block holding the API key, tried when OPENAI_API_KEY is unset")
 
 
 class ExtractParams(BaseModel):
@@ -51,7 +54,11 @@ class PipelineParams(BaseModel):
     published: str | None = Field(None, description="root of a published feature set (ClipClap-GZSL .pkl or AVCA-GZSL .h5 layout)")
     published_layout: Literal["auto", "clipclap", "avca"] = "auto"
     classes: str | None = Field(None, description="classes.csv; required with features, manifest or published")
-    modalities: list[str] | None = Field(None, description="the two modalities playing A and B; default: first two sorted")
+    modalities: list[str] | None = Field(
+        None, description="two or more modalities (the first plays A, the second B); default: the first two sorted")
+    seen: str = Field("auto", description="which classes each modality saw: auto, halves (the paper's protocol), "
+                      "data (the classes it has train rows for) or a CSV file with columns modality, class_name")
+    overlap: float = Field(0.0, ge=0.0, lt=1.0, description="with seen=halves: fraction of the classes seen by every modality")
     seed: int = Field(0, description="seeds the class split, the sample split and training")
     workspace: str = Field(str(DEFAULT_WORKSPACE), description="folder of cached stage outputs")
     out: str | None = Field(None, description="folder that receives metrics.json and report.md")
@@ -78,10 +85,20 @@ class PipelineParams(BaseModel):
 
     @field_validator("modalities")
     @classmethod
-    def _two_modalities(cls, v: list[str] | None) -> list[str] | None:
-        if v is not None and (len(v) != 2 or v[0] == v[1]):
-            raise ValueError(f"--modalities needs two different names, got {v}")
+    def _two_or_more_modalities(cls, v: list[str] | None) -> list[str] | None:
+        if v is not None and (len(v) < 2 or len(set(v)) != len(v)):
+            raise ValueError(f"--modalities needs two or more different names, got {v}")
         return v
+
+    @model_validator(mode="after")
+    def _overlap_needs_halves(self) -> PipelineParams:
+        if self.overlap and self.seen not in ("auto", "halves"):
+            raise ValueError(f"--overlap applies to --seen halves, not --seen {self.seen}")
+        return self
+
+    def seen_mode(self) -> tuple[str, str | None]:
+        """(mode, seen file): `seen` names a mode of tasks.split.SEEN_MODES or a CSV file."""
+        return (self.seen, None) if self.seen in ("auto", "halves", "data") else ("file", str(Path(self.seen)))
 
     @model_validator(mode="after")
     def _address_needs_dask(self) -> PipelineParams:
@@ -101,7 +118,8 @@ class PipelineParams(BaseModel):
         """Fail before any stage starts when an input file is missing."""
         named = {"features": self.features, "classes": self.classes_path(), "manifest": self.manifest,
                  "media root": self.media_root, "published features": self.published,
-                 "template": self.llm.template, "published descriptions": self.llm.published_csv}
+                 "template": self.llm.template, "published descriptions": self.llm.published_csv,
+                 "seen classes": self.seen_mode()[1]}
         for what, path in named.items():
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{path}: {what} file not found")

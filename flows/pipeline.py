@@ -22,8 +22,12 @@ from cscf_model import TrainConfig
 from tasks import stages
 from tasks.descriptions import DescriptionSettings
 from tasks.evaluate import publish
+from tasks.model_file import export_model
 
 from .params import STAGE_NAMES, PipelineParams
+
+
+TRAINED = ("B", "CSCF", "CSCF (paper)")  # the models every run trains; the ablations reuse CSCF's weights
 
 
 class Wiring:
@@ -78,13 +82,16 @@ class Wiring:
         return self._call(stages.features_task, features=p.features, classes=self.classes, default_seed=0,
                           extracted=self.extract, published=p.published, published_layout=p.published_layout)
 
+    @property
+    def description_settings(self) -> DescriptionSettings:
+        llm = self.params.llm
+        return DescriptionSettings(**{**llm.model_dump(), "template": Path(llm.template),
+                                      "published_csv": llm.published_csv and Path(llm.published_csv)})
+
     @cached_property
     def descriptions(self) -> str:
-        llm = self.params.llm
-        settings = DescriptionSettings(**{**llm.model_dump(), "template": Path(llm.template),
-                                          "published_csv": llm.published_csv and Path(llm.published_csv)})
         return self._call(stages.descriptions_task, classes=self.classes,
-                          settings=llm.model_dump(), fingerprint=settings.cache_fields())
+                          settings=self.params.llm.model_dump(), fingerprint=self.description_settings.cache_fields())
 
     @cached_property
     def class_embeddings(self) -> str:
@@ -92,8 +99,10 @@ class Wiring:
 
     @cached_property
     def split(self) -> str:
-        return self._call(stages.split_task, features_key=self.features, classes=self.classes,
-                          modalities=self.params.modalities, seed=self.params.seed)
+        p = self.params
+        seen, seen_file = p.seen_mode()
+        return self._call(stages.split_task, features_key=self.features, classes=self.classes, modalities=p.modalities,
+                          seed=p.seed, seen=seen, overlap=p.overlap, seen_file=seen_file)
 
     @property
     def train_config(self) -> dict[str, Any]:
@@ -103,13 +112,14 @@ class Wiring:
 
     @cached_property
     def train(self) -> dict[str, str]:
-        """Training key per trained model ("B", "CSCF")."""
+        """Training key per trained model: the ablation baseline "B", the project's "CSCF" and
+        "CSCF (paper)", the paper's recipe as written (no geometry keeping, no calibration)."""
         return {
             method: self._call(stages.train_task, features_key=self.features, split_key=self.split,
                                embeddings_key=self.class_embeddings, method=method,
-                               model_overrides={"top_k": self.params.top_k} if method == "CSCF" else {},
+                               model_overrides={"top_k": self.params.top_k} if method != "B" else {},
                                train_config=self.train_config)
-            for method in ("B", "CSCF")
+            for method in TRAINED
         }
 
     @cached_property
@@ -175,4 +185,8 @@ def cscf(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     """Run every stage of CSCF on one dataset and write metrics.json and report.md."""
     wiring = run_stages(params, STAGE_NAMES)
     outputs = publish(Path(params.workspace), wiring.evaluate, Path(params.out)) if params.out else {}
+    if params.out:
+        outputs["model"] = export_model(Path(params.workspace), wiring.train["CSCF"], Path(params.out) / "model",
+                                        encoder=params.encoder, descriptions=wiring.description_settings.model_record(),
+                                        extraction=params.extract.model_dump() if params.manifest else None)
     return {**wiring.summary(), "outputs": {k: str(v) for k, v in outputs.items()}}

@@ -8,6 +8,8 @@
 #   scripts/prefect_local.sh --params '{"params": {"epochs": 5, "out": "out"}}'
 #   CSCF_DEPLOYMENT=cscf-stage-split/split scripts/prefect_local.sh
 # env: CSCF_DEPLOYMENT  flow/deployment to run (default cscf/full-pipeline)
+#      CSCF_THEN        a second flow/deployment run after the first Completed, on the same
+#                       server and worker, with the parameters CSCF_THEN_PARAMS (JSON)
 #      CSCF_TIMEOUT     seconds the flow run may take (default 3600)
 #      VENV_BIN         where `python` and `prefect` are (default .venv/bin)
 set -euo pipefail
@@ -108,13 +110,23 @@ start worker prefect worker start --pool "$POOL"
 prefect --no-prompt deploy --all >"$STATE/deploy.log" 2>&1 || { cat "$STATE/deploy.log" >&2; exit 1; }
 log "deployed prefect.yaml; worker polling pool $POOL; running $DEPLOYMENT"
 
+# run_deployment NAME ARGS...: run it and watch it to the end; succeeds only if it ended Completed.
 # In the background so that a signal reaches the trap at once, not when the watch ends.
-setsid prefect deployment run "$DEPLOYMENT" --watch --watch-timeout "${CSCF_TIMEOUT:-3600}" "$@" \
-    > >(tee "$STATE/run.log") 2>&1 &
-PIDS+=("$!")
-wait "$!" || true
-RUN_ID=$(run_id)
-[ -n "$RUN_ID" ] || { log "no flow run was created"; exit 1; }
-read -r TYPE NAME < <(flow_run_state "$RUN_ID")
-log "flow run $RUN_ID ended $NAME"
-[ "$TYPE" = COMPLETED ]
+run_deployment() {
+    local name=$1 id type state; shift
+    setsid prefect deployment run "$name" --watch --watch-timeout "${CSCF_TIMEOUT:-3600}" "$@" \
+        > >(tee "$STATE/run.log") 2>&1 &
+    PIDS+=("$!")
+    wait "$!" || true
+    id=$(run_id)
+    [ -n "$id" ] || { log "no flow run was created"; return 1; }
+    read -r type state < <(flow_run_state "$id")
+    log "flow run $id ($name) ended $state"
+    [ "$type" = COMPLETED ]
+}
+
+run_deployment "$DEPLOYMENT" "$@"
+if [ -n "${CSCF_THEN:-}" ]; then
+    log "running $CSCF_THEN"
+    run_deployment "$CSCF_THEN" --params "${CSCF_THEN_PARAMS:-"{}"}"
+fi

@@ -13,7 +13,7 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -72,12 +72,14 @@ CLASS_EMBEDDINGS = pa.schema(
     ]
 )
 
-# The MMHCL split: which modality saw which class, and which samples train or test.
+# The MMHCL split: one row per (class, modality), whether that modality saw the class in
+# training, and which samples train or test.
 CLASS_SPLIT = pa.schema(
     [
         ("class_name", pa.string()),
-        ("seen_by", pa.string()),  # the modality that saw this class in training
-        ("role", pa.string()),  # "A" or "B": which of the two modalities that is
+        ("modality", pa.string()),
+        ("role", pa.string()),  # "A", "B", "C", ...: the modality's place in the run's modality order
+        ("seen", pa.bool_()),
     ]
 )
 SAMPLE_SPLIT = pa.schema(
@@ -97,8 +99,7 @@ PREDICTIONS = pa.schema(
         ("true_class", pa.string()),
         ("predicted_class", pa.string()),
         ("dominant", pa.string()),
-        ("u_a", pa.float32()),
-        ("u_b", pa.float32()),
+        ("u", pa.list_(pa.float32())),  # DMSS uncertainty of each modality, in the run's modality order
     ]
 )
 
@@ -130,11 +131,23 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
+# Parquet layout, chosen for DuckDB over a million 512-d feature rows (benchmarks/duckdb_queries.py):
+# row groups of 64Ki rows, because DuckDB scans a file's row groups in parallel and pyarrow's
+# default (1Mi rows) makes such a file one group on one core; dictionaries for the string
+# columns only (float vectors never repeat, so trying one for them wastes the writer's time);
+# Snappy, pyarrow's default, kept: random float bytes do not compress, and reading is no slower.
+ROW_GROUP_ROWS = 65_536
+
+
+def _dictionary_columns(schema: pa.Schema) -> list[str]:
+    return [f.name for f in schema if pa.types.is_string(f.type)]
+
+
 def write_table(table: pa.Table, path: Path, schema: pa.Schema) -> Path:
-    """Write `table` cast to `schema` as Parquet, atomically."""
+    """Write `table` cast to `schema` as Parquet (ROW_GROUP_ROWS layout), atomically."""
     table = table.select(schema.names).cast(schema)
     with atomic_path(path) as tmp:
-        pq.write_table(table, tmp)
+        pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, use_dictionary=_dictionary_columns(schema))
     return Path(path)
 
 
@@ -196,3 +209,24 @@ def write_figure(fig: Any, path: Path) -> Path:
         fig.savefig(tmp, format="png", dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+# `cscf predict` output, one row per sample (CONTRACTS section 5).
+PREDICTED = pa.schema(
+    [
+        ("sample_id", pa.string()),
+        ("predicted_class", pa.string()),
+        ("probability", pa.float64()),
+        ("modalities", pa.list_(pa.string())),  # the modalities the sample showed
+        ("dominant_modality", pa.string()),
+        ("top_k", pa.list_(pa.struct([("class_name", pa.string()), ("probability", pa.float64())]))),
+    ]
+)
+
+
+@contextlib.contextmanager
+def batch_writer(path: Path, schema: pa.Schema) -> Iterator[Callable[[pa.Table], None]]:
+    """Write a Parquet file one table at a time (bounded memory), atomically: `path` appears
+    only when the block succeeds, with every batch written."""
+    with atomic_path(path) as tmp, pq.ParquetWriter(tmp, schema, use_dictionary=_dictionary_columns(schema)) as writer:
+        yield lambda table: writer.write_table(table.select(schema.names).cast(schema), row_group_size=ROW_GROUP_ROWS)

@@ -40,16 +40,12 @@ DEFAULT_TEMPLATE = catalog.DATA_DIR / "prompts" / "describe_v1.txt"
 PLACEHOLDER = "{class_name}"
 MODES = ("auto", "llm", "offline")
 
-# Several phrasings so that n_descriptions > 1 gives an ensemble even offline. Each
-# repeats the class name: the text encoder then has little else to embed but the name
-# words, set in a sight-and-sound context like the LLM descriptions.
-_OFFLINE_PHRASINGS = (
-    "A photo and a sound recording of {name}. It shows {name} and you can hear the sound of {name}.",
-    "What {name} looks like and what {name} sounds like: a video of {name}.",
-    "The sight and the sound of {name}, seen up close and heard clearly.",
-    "A scene of {name}, with the typical noises of {name} in the background.",
-    "An example of {name}: the look of {name} and the sounds that {name} makes.",
-)
+# The offline writer's phrasings: one per line of a template file, each with the
+# {class_name} placeholder; n_descriptions > 1 takes the next lines (an ensemble). The
+# default sets the name in a sight-and-sound context like the LLM descriptions of
+# audio-visual data; `offline_neutral.txt` says nothing about the domain, and a one-line
+# file that fits the data ("A quotation about {class_name}.") does better on text data.
+DEFAULT_OFFLINE_TEMPLATE = catalog.DATA_DIR / "prompts" / "offline_v1.txt"
 
 _CAMEL_BOUNDARY = re.compile(r"(?<=[a-z0-9])(?=[A-Z])|(?<=[A-Z])(?=[A-Z][a-z])")
 
@@ -64,6 +60,7 @@ class DescriptionSettings:
 
     mode: str = "auto"  # "auto": llm when a key is available, else offline | "llm" | "offline"
     template: Path = DEFAULT_TEMPLATE  # prompt with a {class_name} placeholder
+    offline_template: Path = DEFAULT_OFFLINE_TEMPLATE  # the offline writer's phrasings, one per line
     model: str = "gpt-4o-mini"
     base_url: str | None = None  # None: the openai client's convention (OPENAI_BASE_URL)
     api_key_env: str = "OPENAI_API_KEY"
@@ -88,6 +85,7 @@ class DescriptionSettings:
             raise ValueError("description settings: " + "; ".join(problems))
         # Callers pass strings from CLI or JSON parameters; keep one type inside.
         object.__setattr__(self, "template", Path(self.template))
+        object.__setattr__(self, "offline_template", Path(self.offline_template))
         if self.published_csv is not None:
             object.__setattr__(self, "published_csv", Path(self.published_csv))
 
@@ -102,8 +100,18 @@ class DescriptionSettings:
         if mode == "llm":
             fields |= _llm_fields(self, load_template(self.template))
         else:
-            fields["offline_writer_sha256"] = _sha256("\n".join(_OFFLINE_PHRASINGS).encode())
+            fields["offline_writer_sha256"] = _offline_fingerprint(load_offline_template(self.offline_template))
         return fields
+
+    def model_record(self) -> dict[str, Any]:
+        """What a saved model keeps so that classes added at prediction time are described
+        as in training: the resolved mode and the template texts (not their paths)."""
+        mode, _, _ = _resolve_mode(self)
+        record: dict[str, Any] = {"mode": mode, "n_descriptions": self.n_descriptions,
+                                  "offline_template": list(load_offline_template(self.offline_template))}
+        if mode == "llm":
+            record |= {"llm_template": load_template(self.template), "model": self.model, "temperature": self.temperature}
+        return record
 
 
 def generate_descriptions(classes: pd.DataFrame, settings: DescriptionSettings, cache_dir: Path) -> pa.Table:
@@ -145,10 +153,30 @@ def readable_name(class_name: str) -> str:
     return " ".join(_CAMEL_BOUNDARY.sub(" ", class_name.replace("_", " ")).split())
 
 
-def offline_descriptions(class_name: str, n: int = 1) -> list[str]:
-    """`n` deterministic descriptions from the name alone (phrasings repeat past five)."""
-    name = readable_name(class_name)
-    return [_OFFLINE_PHRASINGS[i % len(_OFFLINE_PHRASINGS)].format(name=name) for i in range(n)]
+def offline_descriptions(class_name: str, n: int = 1, phrasings: tuple[str, ...] | None = None) -> list[str]:
+    """`n` deterministic descriptions from the name alone (phrasings repeat past the last line)."""
+    phrasings = phrasings or load_offline_template(DEFAULT_OFFLINE_TEMPLATE)
+    return [render_prompt(phrasings[i % len(phrasings)], class_name) for i in range(n)]
+
+
+def load_offline_template(path: Path) -> tuple[str, ...]:
+    """The offline writer's phrasings: the file's non-empty lines, each with the placeholder."""
+    path = Path(path)
+    try:
+        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    except OSError as exc:
+        raise ValueError(f"offline description template {path}: cannot be read ({exc.strerror})") from None
+    missing = [i + 1 for i, line in enumerate(lines) if PLACEHOLDER not in line]
+    if not lines or missing:
+        raise ValueError(f"offline description template {path}: every line needs a {PLACEHOLDER} placeholder "
+                         f"(line(s) {missing or 'none: the file is empty'})")
+    return tuple(lines)
+
+
+def _offline_fingerprint(phrasings: tuple[str, ...]) -> str:
+    """Hash of the phrasings, written as the code held them before they became a file, so
+    the default template keeps the cache keys of existing workspaces."""
+    return _sha256("\n".join(p.replace(PLACEHOLDER, "{name}") for p in phrasings).encode())
 
 
 def load_template(path: Path) -> str:
@@ -214,7 +242,8 @@ def _generate(names: list[str], settings: DescriptionSettings, cache_dir: Path) 
     mode, key, why = _resolve_mode(settings)
     if mode == "offline":
         log.info("descriptions: using the offline writer for %d classes because %s", len(names), why)
-        return {name: (offline_descriptions(name, settings.n_descriptions), "offline") for name in names}
+        phrasings = load_offline_template(settings.offline_template)
+        return {name: (offline_descriptions(name, settings.n_descriptions, phrasings), "offline") for name in names}
     if key is None:
         raise DescriptionError(
             f"mode 'llm' needs an API key but {why} "
@@ -358,3 +387,5 @@ def build_descriptions(workspace: Path, key: str, classes: str, settings: dict[s
         read_classes(classes), DescriptionSettings(**settings), catalog.stage_dir(workspace, "descriptions") / "per-class"
     )
     catalog.write_table(table, catalog.stage_output(workspace, "descriptions", key), catalog.DESCRIPTIONS)
+    # what wrote them (mode, template and writer hashes; never the key), for the report's provenance
+    catalog.write_json(fingerprint, catalog.stage_output(workspace, "descriptions", key, ".settings.json"))

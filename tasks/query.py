@@ -22,6 +22,7 @@ PARQUET_VIEWS: dict[str, tuple[str, str]] = {
     "split_classes": ("split", ".classes.parquet"),
     "split_samples": ("split", ".samples.parquet"),
     "predictions": ("evaluate", ".predictions.parquet"),
+    "predicted": ("predict", ".parquet"),  # outputs of `cscf predict`, recorded in the workspace
 }
 METRICS_FILES = ("evaluate", ".metrics.json")  # the `metrics` view, one row per (run, method, subset)
 VIEWS = (*PARQUET_VIEWS, "metrics")

@@ -24,6 +24,8 @@ def workspace(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> Path:
     features, classes = write_dataset(root / "data")
     assert main(["run", "--features", str(features), "--classes", str(classes), "--modalities", "audio,video",
                  "--out", str(root / "out"), "--workspace", str(root / "ws"), "--epochs", "2"]) == 0
+    assert main(["predict", "--model", str(root / "out" / "model"), "--features", str(features),
+                 "--out", str(root / "predicted.parquet"), "--workspace", str(root / "ws")]) == 0  # view `predicted`
     return root / "ws"
 
 
@@ -96,7 +98,7 @@ def test_readme_per_class_accuracy_of_the_last_run(workspace, capsys):
 def test_csv_and_table_formats(workspace, capsys):
     csv = query(capsys, workspace, "select subset, accuracy from metrics where method = 'CSCF' order by subset", "csv")
     assert csv.splitlines()[0] == "subset,accuracy"
-    assert len(csv.splitlines()) == 1 + 8
+    assert len(csv.splitlines()) == 1 + 8 + 7  # the paper's 7 subsets and acc_mix, plus the general ones (issue 10)
     table = query(capsys, workspace, "select count(*) as n_predictions from predictions", "table")
     assert "n_predictions" in table
 

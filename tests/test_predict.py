@@ -1,0 +1,276 @@
+"""`cscf predict` (issue 11): the model folder, predictions identical to the evaluation's,
+streaming, open vocabulary, and bad inputs as one-line errors with no output left."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+import torch
+
+from tasks import catalog
+from tasks.model_file import META, WEIGHTS, load_model
+from tasks.predict import predict_file
+from tiny_data import CLASSES, write_dataset
+
+
+@pytest.fixture(scope="module")
+def run(prefect_server, tmp_path_factory) -> Path:
+    """One tiny `cscf run --out DIR` (4 epochs); its DIR/model is what every test predicts with."""
+    from flows.cli import main
+
+    root = tmp_path_factory.mktemp("predict")
+    features, classes = write_dataset(root / "in")
+    assert main(["run", "--features", str(features), "--classes", str(classes), "--modalities", "audio,video",
+                 "--seed", "0", "--out", str(root / "out"), "--workspace", str(root / "ws"), "--epochs", "4"]) == 0
+    return root
+
+
+def _features(run: Path) -> pd.DataFrame:
+    return pq.read_table(run / "in" / "features.parquet").to_pandas()
+
+
+def _write(rows: pd.DataFrame, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(pa.Table.from_pandas(rows.reset_index(drop=True), preserve_index=False), path)
+    return path
+
+
+def _predict_cli(run: Path, features: Path, out: Path, *extra: str) -> int:
+    from flows.cli import main
+
+    return main(["predict", "--model", str(run / "out" / "model"), "--features", str(features), "--out", str(out),
+                 "--workspace", str(run / "ws"), *extra])
+
+
+def test_model_folder_rebuilds_the_trained_model_without_unpickling(run):
+    folder = run / "out" / "model"
+    meta = json.loads((folder / META).read_text())
+    checkpoints = [torch.load(p, weights_only=False) for p in (run / "ws" / "train").glob("*.pt")]
+    checkpoint = next(c for c in checkpoints if c["config"]["name"] == "CSCF")
+    trained = load_model(folder)
+    assert meta["format_version"] == 1 and [m["name"] for m in meta["modalities"]] == ["audio", "video"]
+    assert {m["name"]: m["dim"] for m in meta["modalities"]} == {"audio": 16, "video": 12}
+    assert sorted(meta["seen"]["audio"] + meta["seen"]["video"]) == sorted(CLASSES)
+    assert meta["class_embeddings"]["encoder"] == "minilm" and meta["descriptions"]["mode"] == "offline"
+    assert set(meta["calibration"]) == {"audio", "video"} and meta["model_config"]["name"] == "CSCF"
+    assert meta["train_config"]["epochs"] == 4 and meta["extraction"] is None
+    state = trained.model.state_dict()
+    for name in ("class_emb", "seen", "margin", "aligned", "in_mean_0", "in_std_1"):
+        assert name in state
+    assert trained.model.seen.shape == (2, len(CLASSES)) and not trained.model.training
+    assert checkpoint["model"].keys() == state.keys()
+    # the weights file is safetensors: an 8-byte header length, then a JSON header, no pickle
+    raw = (folder / WEIGHTS).read_bytes()
+    header = json.loads(raw[8 : 8 + int.from_bytes(raw[:8], "little")])
+    assert header["class_emb"]["shape"] == [len(CLASSES), 384]
+
+
+def test_predict_reproduces_the_evaluation_predictions_exactly(run, tmp_path):
+    """Every CSCF row of the evaluation (bimodal and unimodal subsets), labels removed."""
+    evaluation = pq.read_table(next((run / "ws" / "evaluate").glob("*.predictions.parquet"))).to_pandas()
+    evaluation = evaluation[evaluation["method"] == "CSCF"]
+    features = _features(run).drop(columns=["class_name"])
+    trained = load_model(run / "out" / "model")
+    checked, unimodal = 0, 0
+    for subset, rows in evaluation.groupby("subset"):
+        present = [math.isfinite(u) for u in rows["u"].iloc[0]]  # DMSS gives absent modalities u = inf
+        shown = [m for m, p in zip(trained.modalities, present) if p]
+        inputs = features[features["sample_id"].isin(rows["sample_id"]) & features["modality"].isin(shown)]
+        out = tmp_path / f"{subset}.parquet"
+        predict_file(trained, _write(inputs, tmp_path / f"in-{subset}.parquet"), out)
+        predicted = pq.read_table(out).to_pandas().set_index("sample_id")
+        assert predicted["modalities"].map(lambda m: list(m) == shown).all(), subset
+        expected = rows.set_index("sample_id")["predicted_class"]
+        assert predicted.loc[expected.index, "predicted_class"].tolist() == expected.tolist(), subset
+        checked += len(rows)
+        unimodal += len(rows) if len(shown) == 1 else 0
+    assert checked == len(evaluation) and unimodal > 0
+
+
+def test_cli_writes_contract_output_summary_and_query_view(run, tmp_path):
+    from tasks.query import connect
+
+    out = tmp_path / "pred.parquet"
+    assert _predict_cli(run, run / "in" / "features.parquet", out, "--top-k", "3") == 0
+    table = pq.read_table(out)
+    assert table.schema.equals(catalog.PREDICTED)
+    df = table.to_pandas()
+    assert len(df) == _features(run)["sample_id"].nunique()
+    assert df["top_k"].map(len).eq(3).all() and df["probability"].between(0, 1).all()
+    assert (df["predicted_class"] == df["top_k"].map(lambda t: t[0]["class_name"])).all()
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert set(summary["accuracy_by_modalities"]) == {"audio+video"} and summary["labelled"] == len(df)
+    n = connect(run / "ws").sql("select count(*) from predicted").fetchall()[0][0]
+    assert n >= len(df)
+
+
+def test_streaming_small_batches_unsorted_rows_and_a_folder_give_the_same_predictions(run, tmp_path):
+    trained = load_model(run / "out" / "model")
+    features = _features(run)
+    reference = tmp_path / "reference.parquet"
+    predict_file(trained, run / "in" / "features.parquet", reference)
+    expected = pq.read_table(reference).to_pandas().set_index("sample_id").sort_index()
+    # rows of a sample far apart (modality by modality), in batches of 7 rows: grouped by DuckDB first
+    shuffled = _write(features.sample(frac=1.0, random_state=0), tmp_path / "shuffled.parquet")
+    out = tmp_path / "shuffled-out.parquet"
+    tally = predict_file(trained, shuffled, out, batch_rows=7)
+    got = pq.read_table(out).to_pandas().set_index("sample_id").sort_index()
+    assert tally.samples == len(expected)
+    pd.testing.assert_series_equal(got["predicted_class"], expected["predicted_class"])
+    np.testing.assert_allclose(got["probability"], expected["probability"], rtol=1e-5)
+    # a folder of files: one task per file, joined into one output
+    folder = tmp_path / "parts"
+    ids = sorted(features["sample_id"].unique())
+    for i, chunk in enumerate(np.array_split(ids, 3)):
+        _write(features[features["sample_id"].isin(chunk)], folder / f"f{i}.parquet")
+    out = tmp_path / "folder-out.parquet"
+    assert _predict_cli(run, folder, out) == 0
+    got = pq.read_table(out).to_pandas().set_index("sample_id").sort_index()
+    pd.testing.assert_series_equal(got["predicted_class"], expected["predicted_class"])
+
+
+def test_samples_showing_one_modality_and_bad_rows(run, tmp_path):
+    trained = load_model(run / "out" / "model")
+    features = _features(run)
+    one = features[(features["modality"] == "audio") | features["sample_id"].str.startswith("dog")]
+    bad = features.iloc[:1].copy()
+    bad["vector"] = [np.full(16, np.nan)]
+    bad["sample_id"] = "nan-sample"
+    out = tmp_path / "out.parquet"
+    tally = predict_file(trained, _write(pd.concat([one, bad]), tmp_path / "in.parquet"), out)
+    df = pq.read_table(out).to_pandas()
+    assert set(df["modalities"].map(tuple)) == {("audio",), ("audio", "video")}
+    assert (df.loc[df["modalities"].map(len) == 1, "dominant_modality"] == "audio").all()
+    assert "nan-sample" not in set(df["sample_id"]) and tally.rejected["NaN or inf in vector"] == 1
+    assert set(tally.summary()["accuracy_by_modalities"]) == {"audio", "audio+video"}
+
+
+def test_a_class_added_by_name_is_described_embedded_cached_and_unseen(run, tmp_path):
+    classes = tmp_path / "classes.csv"
+    pd.DataFrame({"class_name": [*CLASSES, "thunder rumbling"]}).to_csv(classes, index=False)
+    out = tmp_path / "open.parquet"
+    assert _predict_cli(run, run / "in" / "features.parquet", out, "--classes", str(classes), "--top-k", "7") == 0
+    df = pq.read_table(out).to_pandas()
+    assert df["top_k"].map(lambda t: {c["class_name"] for c in t}).map(lambda s: "thunder rumbling" in s).all()
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["classes"] == 7 and summary["added_classes"] == ["thunder rumbling"]
+    cached = list((run / "ws" / "predict_classes").glob("*.parquet"))
+    assert len(cached) == 1 and pq.read_table(cached[0])["class_name"].to_pylist() == ["thunder rumbling"]
+    from tasks.open_vocab import model_over_classes
+
+    wider = model_over_classes(load_model(run / "out" / "model"), classes, run / "ws")
+    assert wider.model.seen.shape == (2, 7) and not wider.model.seen[:, 6].any()
+    assert torch.equal(wider.model.class_emb[:6], load_model(run / "out" / "model").model.class_emb)
+
+
+def _assert_one_line_error(capsys, code: int, out: Path, *names: str) -> None:
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert code == 1 and last.startswith("cscf: error: "), err[-2000:]
+    for name in names:
+        assert name in last, last
+    assert "Traceback" not in err, err[-2000:]
+    assert not out.exists() and not list(out.parent.glob(f".{out.name}*"))
+
+
+def test_unknown_modality_and_wrong_length_are_one_line_errors(run, tmp_path, capsys):
+    features = _features(run)
+    unknown = features.copy()
+    unknown.loc[unknown.index[5], "modality"] = "depth"
+    out = tmp_path / "out" / "a.parquet"
+    code = _predict_cli(run, _write(unknown, tmp_path / "unknown.parquet"), out)
+    _assert_one_line_error(capsys, code, out, "unknown.parquet", "'depth'")
+    vectors = features["vector"].tolist()
+    vectors[3] = np.zeros(5)
+    short = features.assign(vector=vectors)
+    code = _predict_cli(run, _write(short, tmp_path / "short.parquet"), out)
+    _assert_one_line_error(capsys, code, out, "short.parquet", repr(short["modality"].iloc[3]), "length")
+
+
+def test_missing_corrupted_or_incompatible_model_files_are_one_line_errors(run, tmp_path, capsys):
+    import shutil
+
+    from flows.cli import main
+
+    out = tmp_path / "b.parquet"
+    broken = tmp_path / "model"
+    shutil.copytree(run / "out" / "model", broken)
+    argv = ["predict", "--model", str(broken), "--features", str(run / "in" / "features.parquet"), "--out", str(out),
+            "--workspace", str(run / "ws")]
+    raw = bytearray((broken / WEIGHTS).read_bytes())
+    raw[-3] ^= 0xFF
+    (broken / WEIGHTS).write_bytes(bytes(raw))
+    _assert_one_line_error(capsys, main(argv), out, str(broken / WEIGHTS), "corrupted")
+    (broken / WEIGHTS).unlink()
+    _assert_one_line_error(capsys, main(argv), out, str(broken / WEIGHTS), "not found")
+    shutil.copy(run / "out" / "model" / WEIGHTS, broken / WEIGHTS)
+    meta = json.loads((broken / META).read_text())
+    (broken / META).write_text(json.dumps({**meta, "format_version": 99}))
+    _assert_one_line_error(capsys, main(argv), out, str(broken / META), "version 99")
+    (broken / META).write_text("{not json")
+    _assert_one_line_error(capsys, main(argv), out, str(broken / META), "corrupted")
+
+
+def test_manifest_for_a_features_trained_model_is_refused(run, tmp_path, capsys):
+    from flows.cli import main
+
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("sample_id,class_name,path\nx,dog barking,x.mp4\n")
+    out = tmp_path / "c.parquet"
+    code = main(["predict", "--model", str(run / "out" / "model"), "--manifest", str(manifest), "--out", str(out),
+                 "--workspace", str(run / "ws")])
+    _assert_one_line_error(capsys, code, out, "did not come from media", "--manifest")
+
+
+def test_offline_description_template_is_a_file(tmp_path):
+    from tasks.descriptions import DescriptionSettings, generate_descriptions
+
+    template = tmp_path / "quote.txt"
+    template.write_text("A quotation about {class_name}.\n")
+    settings = DescriptionSettings(mode="offline", offline_template=template)
+    table = generate_descriptions(pd.DataFrame({"class_name": ["LateNight"]}), settings, tmp_path / "cache")
+    assert table["description"].to_pylist() == ["A quotation about Late Night."]
+    assert settings.model_record()["offline_template"] == ["A quotation about {class_name}."]
+    assert settings.cache_fields() != DescriptionSettings(mode="offline").cache_fields()
+    template.write_text("no placeholder here\n")
+    with pytest.raises(ValueError, match=r"quote.txt: every line needs a \{class_name\} placeholder"):
+        DescriptionSettings(mode="offline", offline_template=template).cache_fields()
+
+
+def test_prediction_benchmark_runs_at_a_tiny_size(tmp_path):
+    from benchmarks import predict as bench
+
+    figures = bench._throughput(tmp_path, 300)
+    assert figures["predict_samples_per_s"] > 0 and figures["predict_bare_samples_per_s"] > 0
+    out = pq.read_table(tmp_path / "out.parquet")
+    assert len(out) == 300 and sorted(set(map(len, out["modalities"].to_pylist()))) == [1, 2]
+
+
+def test_classes_unseen_by_every_modality_get_the_dominant_margin_on_bimodal_samples():
+    """CSCF.unseen_by_all_offset on a hand-made case: class 2 seen by no modality (DMSS routing)."""
+    from cscf_model import create_model
+
+    torch.manual_seed(0)
+    seen = torch.tensor([[True, False, False], [False, True, False]])
+    from benchmarks.predict import DMSS
+
+    model = create_model("CSCF", [4, 3], torch.randn(3, 8), seen, **DMSS).eval()
+    model.margin.copy_(torch.tensor([2.0, 5.0]))
+    feats, both = [torch.randn(6, 4), torch.randn(6, 3)], torch.ones(6, 2, dtype=torch.bool)
+    with torch.no_grad():
+        out = model(feats, both)
+        offset = model.unseen_by_all_offset(both.T, out.dominant)
+        margin = model.margin[out.dominant]
+        assert torch.equal(offset, torch.stack([margin, margin, torch.zeros(6)], dim=1))
+        alone = torch.tensor([[True, False]] * 6)
+        assert torch.equal(model.unseen_by_all_offset(alone.T, out.dominant), torch.zeros(6, 3))
+        # every class seen by some modality: nothing to calibrate against, no offset at all
+        model.seen[1, 2] = True
+        assert torch.equal(model.unseen_by_all_offset(both.T, model(feats, both).dominant), torch.zeros(6, 3))
