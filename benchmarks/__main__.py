@@ -2,7 +2,9 @@
 
 Each ratio compares the project's code with a baseline measured in the same run, on
 the same machine, with the same data (CONTRACTS section 2). `--only train,duckdb` runs
-some of the parts.
+some of the parts. `scale` runs the pipeline's stages on a VGGSound-size synthetic
+dataset (1/16 of it by default, the growth table up to 1x with --full) and prints the
+growth table on stderr; `python -m benchmarks.gpu` is the GPU check (README).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 import os
+import re
 import sys
 import time
 from pathlib import Path
@@ -17,13 +20,16 @@ from typing import Callable
 
 from tasks.catalog import write_json
 
-from . import duckdb_queries, extraction, rerun, train
+from . import duckdb_queries, extraction, predict, rerun, scale, train
 
 PARTS: dict[str, Callable[[bool], dict[str, float]]] = {
     "train": train.run,
     "duckdb": duckdb_queries.run,
     "extraction": extraction.run,
     "rerun": rerun.run,
+    "predict": predict.run,
+    "prompt_rerun": rerun.run_with_server,
+    "scale": scale.run,
 }
 
 # figure -> (unit, what it means)
@@ -34,9 +40,10 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "train_checkpoint_samples_per_s": ("samples/s", "trainer with torch.save of the state every epoch"),
     "checkpoint_overhead_ratio": ("x", "trainer time with / without per-epoch checkpoints"),
     "checkpoint_mb": ("MiB", "size of one epoch checkpoint (weights + Adam state)"),
-    "duckdb_rows": ("rows", "512-d feature rows in the benchmark's features view"),
+    "duckdb_rows": ("rows", "512-d feature rows in the benchmark's features view (Parquet: catalog.ROW_GROUP_ROWS)"),
     "duckdb_count_s": ("s", "per-class counts per modality (README pivot), best of 3"),
     "duckdb_knn_s": ("s", "top-10 rows by list_cosine_similarity to one vector, best of 3"),
+    "duckdb_knn_cpu_s": ("s", "CPU time of that query, all DuckDB threads (wall minus waiting)"),
     "numpy_knn_s": ("s", "the same top-10 by NumPy from the Parquet file, best of 3"),
     "duckdb_knn_ratio": ("x", "DuckDB / NumPy nearest-neighbour time (< 1: SQL faster)"),
     "extraction_clips_per_s": ("clips/s", "extraction stage: decode, encode, write Parquet"),
@@ -49,8 +56,28 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "cached_rerun_cpu_s": ("s", "CPU time of the cached rerun, server process included"),
     "rerun_floor_cpu_s": ("s", "CPU time of the floor, server process included"),
     "cached_rerun_cpu_ratio": ("x", "cached rerun / floor CPU time"),
+    "scale_fraction": ("", "largest fraction of VGGSound-GZSL's size measured (1 = 150k train clips)"),
+    "scale_train_clips": ("clips", "training clips at that size (271 classes, 1024-d audio, 512-d video)"),
+    "scale_test_clips": ("clips", "test clips at that size"),
+    "scale_peak_mb": ("MiB", "largest peak resident memory of any stage (each runs in its own process)"),
+    "scale_train_ratio": ("x", "trainer / bare loop throughput at that size, CPU, 1 thread"),
+    "prompt_rerun_s": ("s", "cscf run after an offline-prompt change (descriptions and downstream recomputed)"),
+    "prompt_rerun_own_work_s": ("s", "those recomputed stages' own time, in-process, without Prefect"),
+    "prompt_rerun_ratio": ("x", "prompt-change rerun / its stages' own work (1 = no overhead)"),
+    "server_prompt_rerun_s": ("s", "the same rerun against a running local Prefect server (PREFECT_API_URL)"),
+    "server_prompt_rerun_own_work_s": ("s", "those stages' own time for that rerun"),
+    "server_prompt_rerun_ratio": ("x", "server rerun / its stages' own work"),
+    "server_cached_rerun_s": ("s", "fully cached cscf run against that server (best of 2)"),
     "load_avg_start": ("", "1-minute load average when the benchmarks began"),
     "load_avg_end": ("", "1-minute load average when they ended"),
+    "predict_samples_per_s": ("samples/s", "cscf predict streaming a Parquet file (read, check, CSCF, write)"),
+    "predict_bare_samples_per_s": ("samples/s", "CSCF forward alone on the same samples, tensors in memory"),
+    "predict_ratio": ("x", "cscf predict / bare forward throughput (1 = no overhead)"),
+    "predict_1m_input_mb": ("MiB", "size of the 1-million-sample input file (64-d + 48-d vectors)"),
+    "predict_1m_peak_rss_mb": ("MiB", "peak resident memory of cscf predict on it (one-linear-mapper model)"),
+    "predict_1m_loaded_rss_mb": ("MiB", "the same process once imports and model are loaded"),
+    "predict_1m_s": ("s", "wall time of that prediction, process start included"),
+    "predict_250k_peak_rss_mb": ("MiB", "the same peak on a 250,000-sample input (bounded: about equal)"),
     "wall_s": ("s", "wall time of all the benchmarks"),
 }
 
@@ -67,6 +94,19 @@ def run_all(full: bool, parts: list[str]) -> dict[str, float]:
     return figures
 
 
+def meaning(name: str) -> tuple[str, str]:
+    """Unit and meaning of a figure; the per-stage `scale_<stage>_s|_peak_mb[_at_1_N]` by pattern."""
+    if name in MEANINGS:
+        return MEANINGS[name]
+    found = re.fullmatch(r"scale_(.+?)_(s|peak_mb)(_at_1_(\d+))?", name)
+    if found:
+        stage, what, _, part = found.groups()
+        size = f"at 1/{part} size" if part else "at the largest size"
+        return ("s" if what == "s" else "MiB",
+                f"{'wall time' if what == 's' else 'peak resident memory'} of stage {stage}, {size}")
+    return ("", "")
+
+
 def _value(x: float) -> str:
     return f"{x:.0f}" if abs(x) >= 1000 else f"{x:.3g}"
 
@@ -74,7 +114,7 @@ def _value(x: float) -> str:
 def table(figures: dict[str, float]) -> str:
     """One aligned row per figure: name, value, unit, meaning."""
     rows = [("name", "value", "unit", "meaning")]
-    rows += [(k, _value(v), *MEANINGS.get(k, ("", ""))) for k, v in figures.items()]
+    rows += [(k, _value(v), *meaning(k)) for k, v in figures.items()]
     widths = [max(len(r[i]) for r in rows) for i in range(3)]
     return "\n".join(
         f"{name:<{widths[0]}}  {value:>{widths[1]}}  {unit:<{widths[2]}}  {meaning}".rstrip()

@@ -12,13 +12,19 @@ metrics.json and report.md again.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import re
 import resource
+import shutil
+import socket
 import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 from pathlib import Path
+from typing import Iterator
 
 from tasks.catalog import REPO_ROOT
 
@@ -118,6 +124,109 @@ def run(full: bool = False) -> dict[str, float]:
         "rerun_floor_cpu_s": base[1],
         "cached_rerun_cpu_ratio": rerun[1] / base[1],
     }
+
+
+PROMPTS = ("A recording of {class_name}.", "The sight and the sound of {class_name}.", "{class_name}, up close.")
+
+
+def _write_prompt(folder: Path, index: int) -> Path:
+    path = folder / f"offline-{index}.txt"
+    path.write_text(PROMPTS[index % len(PROMPTS)] + "\n")
+    return path
+
+
+def own_work_s(command: list[str], workspace: Path) -> tuple[float, list[str]]:
+    """Seconds the stages that `command` (a `cscf run`) would recompute on `workspace` take
+    themselves, run here in-process through the pipeline's own wiring with no Prefect, on
+    a copy of the workspace; and their labels."""
+    from flows import cli
+    from flows.pipeline import Wiring
+    from tasks.stages import STAGES
+
+    seconds: dict[str, float] = {}
+
+    class Timed(Wiring):
+        def _call(self, task: object, refresh: bool = False, **kwargs: object) -> str:
+            stage, params = STAGES[task.name], {"workspace": self.params.workspace, **kwargs}
+            built = stage.is_built(self.params.workspace, stage.key(params))
+            began = time.perf_counter()
+            key = stage.run(params)
+            if not built:
+                label = f"{task.name}[{kwargs['method']}]" if "method" in kwargs else task.name
+                seconds[label] = time.perf_counter() - began
+            return key
+
+    with tempfile.TemporaryDirectory() as tmp:
+        copy = Path(tmp) / "workspace"
+        shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns(".prefect", ".prefect-results", ".locks"))
+        args = cli._parser().parse_args(command[3:])
+        args.workspace, args.out = str(copy), None
+        Timed(cli._params(args)).evaluate
+    return sum(seconds.values()), list(seconds)
+
+
+def prompt_change_rerun(command: list[str], workspace: Path, prompt: Path) -> dict[str, float]:
+    """A rerun after the description prompt changed: its wall time against the own work of
+    the stages it recomputes (descriptions and everything downstream of them)."""
+    changed = [*command, "--offline-template", str(prompt)]
+    own_s, recomputed = own_work_s(changed, workspace)
+    wall, cpu, stdout = _timed(changed)
+    states = _stage_states(stdout)
+    cached = {k for k, v in states.items() if v == "Cached"}
+    if cached != {"features", "split"} or set(recomputed) != set(states) - cached:
+        raise RuntimeError(f"a prompt change should recompute all but features and split; states {states}")
+    return {"prompt_rerun_s": wall, "prompt_rerun_own_work_s": own_s, "prompt_rerun_ratio": wall / own_s}
+
+
+@contextlib.contextmanager
+def local_server(home: Path) -> Iterator[str]:
+    """A `prefect server start` on a free port of 127.0.0.1 for the block; yields its API URL."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "PREFECT_HOME": str(home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "DO_NOT_TRACK": "1"}
+    env.pop("PREFECT_API_URL", None)
+    server = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1",
+                               "--port", str(port)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    url = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                with urllib.request.urlopen(f"{url}/health", timeout=2):
+                    break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError(f"prefect server on port {port} did not answer (exit {server.poll()})")
+                time.sleep(1)
+        yield url
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+def run_with_server(full: bool = False) -> dict[str, float]:
+    """The two reruns users make many times a day, first as `cscf run` makes them (temporary
+    server), then against a long-running local server (PREFECT_API_URL), which skips it."""
+    with tempfile.TemporaryDirectory() as tmp:
+        features, classes = write_dataset(Path(tmp) / "data")
+        workspace = Path(tmp) / "workspace"
+        command = [
+            sys.executable, "-m", "flows.cli", "run", "--features", str(features), "--classes", str(classes),
+            "--epochs", str(EPOCHS), "--workspace", str(workspace), "--out", str(Path(tmp) / "out"), "--llm", "offline",
+        ]
+        start = [*command, "--offline-template", str(_write_prompt(Path(tmp), 0))]
+        _timed(start)
+        figures = prompt_change_rerun(command, workspace, _write_prompt(Path(tmp), 1))
+        with local_server(Path(tmp) / "server-home") as url:
+            os.environ["PREFECT_API_URL"] = url
+            try:
+                served = prompt_change_rerun(command, workspace, _write_prompt(Path(tmp), 2))
+                cached = min(cached_rerun([*command, "--offline-template", str(_write_prompt(Path(tmp), 2))])[0]
+                             for _ in range(2))
+            finally:
+                del os.environ["PREFECT_API_URL"]
+    return {**figures, **{f"server_{k}": v for k, v in served.items()}, "server_cached_rerun_s": cached}
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ disk, so a stage run alone and the full pipeline share one cache.
 
 from __future__ import annotations
 
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -19,7 +20,7 @@ from . import caching
 from .caching import Stage, StageCachePolicy
 from .descriptions import build_descriptions
 from .embeddings import build_class_embeddings
-from .evaluate import build_evaluation
+from .evaluate import SEEN_UNSEEN_PNG, build_evaluation
 from .features import build_features
 from .split import build_split
 from .extract import (
@@ -49,12 +50,14 @@ FEATURES = Stage("features", build_features, (".parquet", ".rejected.parquet"), 
                  code=("tasks.default_dataset", "tasks.published_features"))
 DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), code=("tasks.descriptions", "tasks.llm_client"))
 CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.text_encoders",))
-SPLIT = Stage("split", build_split, (".classes.parquet", ".samples.parquet"), files=("classes",))
+SPLIT = Stage("split", build_split, (".classes.parquet", ".seen.csv", ".samples.parquet"), files=("classes", "seen_file"))
 TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.mmhcl_data"))
 EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md", ".seen_unseen.png"),
-                 code=("cscf_model", "tasks.mmhcl_data", "tasks.scoring", "tasks.report", "tasks.seen_unseen"))
+                 code=("cscf_model", "tasks.mmhcl_data", "tasks.scoring", "tasks.report", "tasks.seen_unseen",
+                       "tasks.provenance"))
 BASELINE = Stage("baselines", build_baseline, (".metrics.json", ".predictions.parquet"),
-                 code=("cscf_model.baselines", "cscf_model.trainer", "cscf_model.metrics", "tasks.mmhcl_data", "tasks.scoring"))
+                 code=("cscf_model.baselines", "cscf_model.trainer", "cscf_model.calibration", "cscf_model.config",
+                       "cscf_model.metrics", "tasks.mmhcl_data", "tasks.scoring", "tasks.text_encoders"))
 STAGES = {s.name: s for s in (EXTRACT, FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
 
 
@@ -99,7 +102,10 @@ def class_embeddings_task(workspace: str, descriptions_key: str, encoder: str) -
 
 
 @task(**_options(SPLIT))
-def split_task(workspace: str, features_key: str, classes: str, modalities: list[str] | None, seed: int) -> str:
+def split_task(
+    workspace: str, features_key: str, classes: str, modalities: list[str] | None, seed: int, seen: str, overlap: float,
+    seen_file: str | None,
+) -> str:
     return SPLIT.run(locals())
 
 
@@ -137,10 +143,20 @@ def _publish_artifacts(workspace: Path, key: str) -> None:
     """
     metrics = json.loads(catalog.stage_output(workspace, "evaluate", key, ".metrics.json").read_text())
     run = f"{metrics['dataset']}, seed {metrics['seed']}, evaluation {key}"
-    create_markdown_artifact(catalog.stage_output(workspace, "evaluate", key, ".report.md").read_text(),
-                             key=REPORT_ARTIFACT, description=f"CSCF report: {run}")
-    rows = [{"subset": subset, "accuracy": round(acc, 2)} for subset, acc in metrics["methods"]["CSCF"].items()]
+    report = catalog.stage_output(workspace, "evaluate", key, ".report.md").read_text()
+    figure = catalog.stage_output(workspace, "evaluate", key, ".seen_unseen.png")
+    create_markdown_artifact(embed_figure(report, SEEN_UNSEEN_PNG, figure), key=REPORT_ARTIFACT,
+                             description=f"CSCF report: {run}")
+    rows = [{"subset": subset, "accuracy": round(acc, 2)} for subset, acc in metrics["methods"]["CSCF"].items()
+            if acc is not None]
     create_table_artifact(rows, key=ACCURACY_ARTIFACT, description=f"CSCF top-1 accuracy (%) per subset: {run}")
+
+
+def embed_figure(markdown: str, name: str, png: Path) -> str:
+    """`markdown` with its image link to `name` replaced by the PNG's bytes as a data URI:
+    the Prefect UI cannot reach a file next to report.md, so a plain link is a broken image."""
+    uri = "data:image/png;base64," + base64.b64encode(png.read_bytes()).decode("ascii")
+    return markdown.replace(f"]({name})", f"]({uri})")
 
 
 @task(**_options(BASELINE))

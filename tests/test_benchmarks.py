@@ -7,18 +7,29 @@ is tested in test_pipeline.py) and by its guard against a rerun that was not cac
 
 from __future__ import annotations
 
+import base64
+import io
 import json
+import logging
 import math
+import re
 import sys
 from pathlib import Path
 
 import numpy as np
+import pyarrow.compute as pc
 import pytest
 
 from benchmarks import __main__ as bench
-from benchmarks import duckdb_queries, rerun, train
+from benchmarks import duckdb_queries, rerun, scale, scale_data, train
+from benchmarks.scale_data import ScaleSize, write_scale_dataset
 from cscf_model import TrainConfig
+from flows.cli import TABLE1, run_summary
+from tasks.features import read_classes, read_features, validate_features
+from tasks.progress import progress
 from tasks.query import connect
+from tasks.stages import embed_figure
+from tiny_data import write_dataset
 
 
 def _positive_finite(figures: dict[str, float], keys: set[str]) -> None:
@@ -75,7 +86,9 @@ def test_rerun_refuses_a_run_that_was_not_cached() -> None:
         rerun.cached_rerun([sys.executable, "-c", f"print({line!r})"])
 
 
-def test_main_prints_one_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_main_prints_one_table_and_writes_json(tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(duckdb_queries.ROWS, "default", duckdb_queries.ROWS["tiny"])  # not 1M rows in the suite
     out = tmp_path / "bench.json"
     assert bench.main(["--only", "duckdb", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
@@ -88,3 +101,110 @@ def test_main_prints_one_table_and_writes_json(tmp_path: Path, capsys: pytest.Ca
 def test_main_rejects_an_unknown_part() -> None:
     with pytest.raises(SystemExit):
         bench.main(["--only", "training"])
+
+
+def test_scale_dataset_is_vggsound_shaped_and_valid(tmp_path: Path) -> None:
+    """271 classes, 1024-d audio and 512-d video per clip, and nothing the features stage refuses."""
+    size = ScaleSize(1 / 600)
+    features, classes = write_scale_dataset(tmp_path, size)
+    table = read_features(features)
+    names = set(read_classes(classes)["class_name"])
+    assert len(names) == scale_data.CLASSES
+    assert len(table) == 2 * (size.train + size.test)
+    dims = {m: set(pc.list_value_length(table.filter(pc.equal(table["modality"], m))["vector"]).to_pylist())
+            for m in ("audio", "video")}
+    assert dims == {"audio": {scale_data.AUDIO_DIM}, "video": {scale_data.VIDEO_DIM}}
+    good, rejected = validate_features(table, names, "scale")
+    assert len(rejected) == 0 and len(good) == len(table)
+
+
+def test_stage_process_reports_its_own_peak_memory(tmp_path: Path) -> None:
+    """A stage runs in a fresh process, wired as `cscf run` wires it; its peak is its own,
+    not the parent's (ru_maxrss would carry the parent's peak into the child)."""
+    features, classes = write_dataset(tmp_path / "data")
+    ballast = np.ones(1024 * 2**20 // 8)  # the parent's peak grows by 1 GiB
+    costs = scale.measure_pipeline(features, classes, tmp_path / "ws", epochs=1, until="descriptions")
+    parent_peak_mb = scale.peak_rss_mb()
+    del ballast
+    assert list(costs) == ["descriptions"]
+    assert costs["descriptions"].seconds > 0
+    assert 100 < costs["descriptions"].peak_mb < parent_peak_mb - 900
+    assert list((tmp_path / "ws" / "descriptions").glob("*.parquet"))
+
+
+def test_growth_table_and_scale_figures() -> None:
+    results = {1 / 16: {"train[CSCF]": scale.StageCost(10.0, 900.0)}, 1 / 4: {"train[CSCF]": scale.StageCost(40.0, 1500.0)}}
+    table = scale.growth_table(results)
+    assert "| train[CSCF] | 10.0 | 40.0 | 900 | 1500 |" in table.splitlines()
+    figures = scale.figures(results, train_ratio=0.9)
+    assert figures["scale_train_cscf_s"] == 40.0 and figures["scale_train_cscf_s_at_1_16"] == 10.0
+    assert figures["scale_peak_mb"] == 1500.0 and figures["scale_train_ratio"] == 0.9
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_progress_off_a_terminal_logs_every_few_epochs(caplog: pytest.LogCaptureFixture) -> None:
+    stream = io.StringIO()
+    log = logging.getLogger("cscf.test")
+    with caplog.at_level(logging.INFO, "cscf.test"), progress("CSCF training", 20, log, stream=stream) as shown:
+        for epoch in range(1, 21):
+            shown.update(epoch, loss=1.0 / epoch)
+    lines = [r.getMessage() for r in caplog.records]
+    assert len(lines) == 10  # every second epoch: readable, not one line per epoch
+    assert re.fullmatch(r"CSCF training: epoch 20/20, loss 0\.0500, \d+\.\d s elapsed", lines[-1])
+    assert stream.getvalue() == ""  # no bar, no carriage returns in a log file
+
+
+def test_progress_on_a_terminal_draws_a_bar(caplog: pytest.LogCaptureFixture) -> None:
+    stream = _Terminal()
+    log = logging.getLogger("cscf.test")
+    with caplog.at_level(logging.INFO, "cscf.test"), progress("CSCF training", 4, log, stream=stream) as shown:
+        for epoch in range(1, 5):
+            shown.update(epoch, loss=0.5)
+    assert "CSCF training" in stream.getvalue() and "4/4" in stream.getvalue() and "loss=0.5000" in stream.getvalue()
+    assert [r.getMessage().split(" in ")[0] for r in caplog.records] == ["CSCF training: 4 epochs"]
+
+
+def test_training_stage_logs_epoch_progress(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The real stages, wired as `cscf run` wires them (without Prefect), on the tiny dataset:
+    the training log says how far each training and calibration training got, and its loss."""
+    from flows.params import LLMParams, PipelineParams
+    from flows.pipeline import Wiring
+    from tasks.stages import STAGES
+
+    class InProcess(Wiring):
+        def _call(self, task: object, refresh: bool = False, **kwargs: object) -> str:
+            return STAGES[task.name].run({"workspace": self.params.workspace, **kwargs})
+
+    features, classes = write_dataset(tmp_path / "data")
+    params = PipelineParams(features=str(features), classes=str(classes), workspace=str(tmp_path / "ws"), epochs=3,
+                            device="cpu", llm=LLMParams(mode="offline"))
+    with caplog.at_level(logging.INFO, "cscf.train"):
+        InProcess(params).train
+    lines = [r.getMessage() for r in caplog.records if r.name == "cscf.train"]
+    for what in ("B training", "CSCF training", "CSCF calibration training"):
+        assert [line for line in lines if re.match(rf"{what}: epoch 3/3, loss \d+\.\d{{4}}, \d+\.\d s elapsed$", line)], lines
+
+
+def test_report_artifact_embeds_its_figure(tmp_path: Path) -> None:
+    png = tmp_path / "seen_unseen.png"
+    png.write_bytes(b"\x89PNG\r\n\x1a\n fake")
+    embedded = embed_figure("# Report\n\n![seen/unseen](seen_unseen.png)\n", "seen_unseen.png", png)
+    uri = re.search(r"!\[seen/unseen\]\(data:image/png;base64,([A-Za-z0-9+/=]+)\)", embedded)
+    assert uri and base64.b64decode(uri.group(1)) == png.read_bytes()
+    assert "](seen_unseen.png)" not in embedded
+
+
+def test_run_summary_shows_table_1_routing_and_outputs() -> None:
+    metrics = {"dataset": "default", "seed": 0, "modalities": ["audio", "video"], "classes": {"all": ["a", "b"]},
+               "methods": {"CSCF": {"A_s": 90.0, "B_s": 80.0, "A_u": 10.0, "B_u": None, "A_s+B_u": 50.0,
+                                    "A_u+B_s": 60.0, "A_all+B_all": 55.0, "acc_mix": 58.0, "audio_s": 90.0}},
+               "diagnostics": {"dmss_routing_accuracy": 81.25}}
+    lines = run_summary(metrics, {"metrics.json": "out/metrics.json", "model": "out/model"}).splitlines()
+    assert lines[1].split() == list(TABLE1)
+    assert lines[2].split() == ["90.00", "80.00", "10.00", "-", "50.00", "60.00", "55.00", "58.00"]
+    assert lines[3] == "DMSS routing accuracy: 81.25 %"
+    assert lines[4] == "outputs: out/metrics.json, out/model"
