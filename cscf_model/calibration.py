@@ -21,12 +21,12 @@ so training starts from the transfer the features already have.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 
-from .trainer import TrainConfig, TrainData, train
+from .trainer import TrainConfig, TrainData, stage_seed, train
 
 # A modality is "text-aligned" when the cosine rule on its training data is this many
 # times better than chance; random or merely same-width features stay near 1x.
@@ -178,6 +178,40 @@ def choose_margins(
     return margins
 
 
+@dataclass
+class PseudoUnseen:
+    """A copy of the method trained with some seen classes held out as pseudo-unseen, and
+    the data it was fitted and is judged on: what calibration (the margins) and the learned
+    router (router.fit_router_from_model) both learn "a class this modality never saw" from."""
+
+    model: torch.nn.Module
+    fit: TrainData
+    val: TrainData
+    pseudo_seen: torch.Tensor  # (M, N)
+
+
+def train_pseudo_unseen(
+    make_model: Callable[[torch.Tensor], torch.nn.Module],
+    data: TrainData,
+    seen: torch.Tensor,
+    train_cfg: TrainConfig,
+    holdout: float,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> PseudoUnseen:
+    """Train make_model(pseudo_seen) on the pseudo-seen split of the training data.
+
+    make_model(seen) builds an untrained model of the method for a given seen mask. Its
+    initial weights come from a seed derived from the run's seed, not from whatever global
+    RNG state the main training left (which differs when that training was resumed), and
+    its training resumes from `resume` and reports each epoch like `train`.
+    """
+    fit, pseudo_seen, val = pseudo_unseen_split(data, seen, holdout, 0.2, train_cfg.seed)
+    torch.manual_seed(stage_seed(train_cfg.seed, "calibration"))
+    model, _ = train(make_model(pseudo_seen), fit, train_cfg, resume=resume, on_epoch_end=on_epoch_end)
+    return PseudoUnseen(model, fit, val, pseudo_seen)
+
+
 def fit_margins(
     make_model: Callable[[torch.Tensor], torch.nn.Module],
     data: TrainData,
@@ -186,15 +220,13 @@ def fit_margins(
     holdout: float,
     criterion: str,
     max_seen_drop: float | None,
+    resume: dict[str, Any] | None = None,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
 ) -> list[float]:
-    """Calibrated stacking's margins, one per modality, from training data alone.
-
-    make_model(seen) builds an untrained model of the method being calibrated for a
-    given seen mask; it is trained on the pseudo-seen split, then discarded.
-    """
-    fit, pseudo_seen, val = pseudo_unseen_split(data, seen, holdout, 0.2, train_cfg.seed)
-    model, _ = train(make_model(pseudo_seen), fit, train_cfg)
-    return choose_margins(model, val, pseudo_seen, criterion, max_seen_drop)
+    """Calibrated stacking's margins, one per modality, from training data alone: the
+    margins `criterion` prefers on the held-out data of a `train_pseudo_unseen` model."""
+    pseudo = train_pseudo_unseen(make_model, data, seen, train_cfg, holdout, resume, on_epoch_end)
+    return choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, criterion, max_seen_drop)
 
 
 def cosine_rule_accuracy(features: torch.Tensor, labels: torch.Tensor, class_emb: torch.Tensor) -> float:

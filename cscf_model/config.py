@@ -36,7 +36,8 @@ class ModelConfig:
     head: str = "semantic"
     # How a sample seen through several modalities is classified:
     # "mean" (average the modalities' logits: B, B+O), "dominant" (DMSS alone: B+O+D),
-    # "csmf" (DMSS + class-similarity fusion, eq. 9: CSCF).
+    # "csmf" (DMSS + class-similarity fusion, eq. 9: CSCF), "gate" (the learned router's
+    # fusion; see `router` below).
     fusion: str = "csmf"
     mappers: tuple[MapperConfig, ...] = (MapperConfig(),)
     # gamma^2 of eq. 2. DMSS reads entropies of these logits, so the scale decides how sharply
@@ -70,6 +71,18 @@ class ModelConfig:
     calibration_criterion: str = "mean"
     calibration_holdout: float = 0.25
     calibration_max_seen_drop: float | None = 3.0
+    # Routing (issue 12, router.py). router: who decides which modality saw the class:
+    # "dmss" (the paper's entropies, eqs. 3-7) or "gate" (per-modality gates fitted on
+    # held-out seen classes of the training data, combined by Bayes' rule over seen
+    # patterns); with "gate", fusion "dominant"/"csmf" take the modality most likely to
+    # have seen the class as dominant. fusion "gate" (router "gate" only) fuses by
+    # gate_mix: "prior" (mean of the present modalities' logits + log P(pattern of the
+    # class | x)), "soft" (COSMO's mixture of per-pattern softmaxes) or "hard".
+    # unimodal: "stacking" (calibration's margin) or "gate" (the gate's mixture) for
+    # samples that show one modality, when the router is "gate".
+    router: str = "dmss"
+    gate_mix: str = "prior"
+    unimodal: str = "stacking"
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -82,7 +95,12 @@ class ModelConfig:
 
     def __post_init__(self) -> None:
         _check(self.head, ("semantic", "linear"), "head")
-        _check(self.fusion, ("mean", "dominant", "csmf"), "fusion")
+        _check(self.fusion, ("mean", "dominant", "csmf", "gate"), "fusion")
+        _check(self.router, ("dmss", "gate"), "router")
+        _check(self.gate_mix, ("prior", "soft", "hard"), "gate_mix")
+        _check(self.unimodal, ("stacking", "gate"), "unimodal")
+        if self.router == "dmss" and (self.fusion == "gate" or self.unimodal == "gate"):
+            raise ValueError('fusion="gate" and unimodal="gate" need router="gate"')
         _check(self.csmf_weights, ("similarity", "uniform"), "csmf_weights")
         _check(self.loss_classes, ("all", "seen"), "loss_classes")
         _check(self.missing, ("mask", "zero"), "missing")

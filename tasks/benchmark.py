@@ -19,20 +19,24 @@ from . import catalog
 from .evaluate import SEEN_UNSEEN_PNG
 from .figures import plot_topk_sweep, plot_uncertainty, topk_sweep, uncertainty_samples
 from .mmhcl_data import load_mmhcl
-from .report import ABLATION, SEEN_UNSEEN, TABLE1, TABLE2, markdown_table
+from .report import ABLATION, CEILING, SEEN_UNSEEN, markdown_table, modalities_line, table_columns
 
 
 def seed_metrics(workspace: Path, evaluate_key: str, baseline_keys: dict[str, str]) -> dict[str, Any]:
-    """CSCF's metrics of one seed with every baseline's scores added under `methods`."""
+    """CSCF's metrics of one seed with every baseline's scores added under `methods`:
+    `<method>`, and `<method> + cal` for a method the baseline stage also calibrated."""
     metrics = json.loads(catalog.stage_output(workspace, "evaluate", evaluate_key, ".metrics.json").read_text())
-    for method, key in baseline_keys.items():
-        metrics["methods"][method] = json.loads(
-            catalog.stage_output(workspace, "baselines", key, ".metrics.json").read_text()
-        )["scores"]
+    for key in baseline_keys.values():
+        metrics["methods"].update(
+            json.loads(catalog.stage_output(workspace, "baselines", key, ".metrics.json").read_text())["methods"]
+        )
     return metrics
 
 
-def _mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float | None]) -> str:
+    values = [v for v in values if v is not None]
+    if not values:
+        return "n/a"
     if len(values) == 1:
         return f"{values[0]:.2f}"
     return f"{statistics.mean(values):.2f} ± {statistics.stdev(values):.2f}"
@@ -42,34 +46,38 @@ def render_benchmark(per_seed: dict[int, dict[str, Any]], figures: dict[str, str
     """report.md: Tables 1 and 2 as mean ± std over seeds, routing accuracy, figures."""
     runs = list(per_seed.values())
     methods = list(runs[0]["methods"])
-    cell = lambda m, k: _mean_std([r["methods"][m][k] for r in runs])  # noqa: E731
-    uncalibrated = ["CSCF (margin 0)", *(_mean_std([r["diagnostics"]["CSCF_uncalibrated"][k] for r in runs]) for k in TABLE1)]
-    t1 = markdown_table(["Method", *TABLE1], [[m, *(cell(m, k) for k in TABLE1)] for m in methods] + [uncalibrated])
+    table1, table2 = table_columns(runs[0])
+    cell = lambda m, k: _mean_std([r["methods"][m].get(k) for r in runs])  # noqa: E731
+    diag = lambda name, k: _mean_std([r["diagnostics"][name].get(k) for r in runs])  # noqa: E731
+    extra = [["CSCF (margin 0)", *(diag("CSCF_uncalibrated", k) for k in table1)],
+             [CEILING, *(diag("routing_ceiling", k) for k in table1)]]
+    t1 = markdown_table(["Method", *table1], [[m, *(cell(m, k) for k in table1)] for m in methods] + extra)
     by_modality = [r["diagnostics"]["seen_unseen"] for r in runs]
     su = markdown_table(
         ["Modality", *(label for _, label in SEEN_UNSEEN)],
         [[m, *(_mean_std([d[m][k] for d in by_modality]) for k, _ in SEEN_UNSEEN)] for m in by_modality[0]],
     )
-    t2 = markdown_table(["Model", *TABLE2], [[label, *(cell(m, k) for k in TABLE2)] for m, label in ABLATION])
-    routing = _mean_std([r["diagnostics"]["dmss_routing_accuracy"] for r in runs])
-    a, b = runs[0]["modalities"]
+    t2 = markdown_table(["Model", *table2], [[label, *(cell(m, k) for k in table2)] for m, label in ABLATION])
+    routing = {name: _mean_std([r["diagnostics"].get(f"{name}_routing_accuracy") for r in runs]) for name in ("dmss", "router")}
     pictures = "\n".join(f"![{name}]({path})" for name, path in figures.items())
     return f"""# CSCF benchmark: {runs[0]['dataset']}, seeds {', '.join(map(str, per_seed))}
 
 Command: `{command}`
 
-Modality A = `{a}`, modality B = `{b}`. Top-1 accuracy (%) over all classes on the test
+Modalities: {modalities_line(runs[0])}. Top-1 accuracy (%) over all classes on the test
 split, mean ± standard deviation over seeds. Per-seed numbers: `seed-N/metrics.json`.
 
 ## Table 1: CSCF, ablations and baselines
 
 {t1}
 
-## Table 2: ablation (B = baseline, O = OSRS, D = DMSS, C = CSMF)
+## Table 2: ablation (B = baseline, O = OSRS, D = DMSS, R = learned router, C = CSMF)
 
 {t2}
 
-DMSS routing accuracy (bimodal test samples whose dominant modality saw the true class): {routing}
+Routing accuracy (test samples showing every modality whose dominant modality saw the true class):
+DMSS {routing['dmss']}, the learned router {routing['router']}; the routing ceiling row of Table 1 is
+what perfect routing would reach.
 
 ## Unseen classes: each modality alone, with calibrated stacking
 
@@ -89,7 +97,7 @@ def make_figures(workspace: Path, keys: dict[str, str], out_dir: Path, max_k: in
     """Figure 4 and Figure 7 from one seed's trained CSCF, and that seed's seen/unseen
     curves; returns names -> relative paths."""
     data = load_mmhcl(workspace, keys["features"], keys["split"], keys["class_embeddings"])
-    state = torch.load(catalog.stage_output(workspace, "train", keys["train[CSCF]"], ".pt"), weights_only=False)
+    state = torch.load(catalog.stage_output(workspace, "train", keys["train[CSCF]"], ".pt"), weights_only=True)
     model = model_from_checkpoint(state).eval()
     n_seen = int(data.seen.sum(1).min())
     sweep = topk_sweep(model, data, list(range(1, min(max_k, n_seen) + 1)))

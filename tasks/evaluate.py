@@ -8,6 +8,7 @@ paper's Table 2, where modules are added to one model).
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import pyarrow as pa
 import torch
@@ -16,12 +17,23 @@ from cscf_model import model_from_checkpoint
 
 from . import catalog
 from .mmhcl_data import MMHCLData, load_mmhcl
+from .provenance import provenance
 from .report import render_report
-from .scoring import cscf_predict, evaluate_method
+from .scoring import cscf_predict, evaluate_method, modality_alone, routing_ceiling, subset_sizes, with_method
 from .seen_unseen import plot_seen_unseen, seen_unseen_curves, seen_unseen_diagnostics
 
-# method name -> (trained model it uses, fusion at inference)
-METHODS = {"B": ("B", "mean"), "B+O": ("CSCF", "mean"), "B+O+D": ("CSCF", "dominant"), "CSCF": ("CSCF", "csmf")}
+# method name -> (trained model it uses, fusion and router at inference; None: as the model's config).
+# The ablations share CSCF's weights: D is the paper's DMSS, R the learned router (issue 12),
+# C the class-similarity fusion; CSCF, the project's default, is B+O+R.
+METHODS = {
+    "B": ("B", None, None),
+    "B+O": ("CSCF", "mean", "dmss"),
+    "B+O+D": ("CSCF", "dominant", "dmss"),
+    "B+O+D+C": ("CSCF", "csmf", "dmss"),
+    "B+O+R+C": ("CSCF", "csmf", "gate"),
+    "CSCF": ("CSCF", None, None),
+    "CSCF (paper)": ("CSCF (paper)", None, None),
+}
 SEEN_UNSEEN_PNG = "seen_unseen.png"  # the report links the figure by this name, next to it in --out
 
 
@@ -30,9 +42,16 @@ def _uncalibrated_scores(model: torch.nn.Module, data: MMHCLData) -> dict[str, f
     margin = model.margin.clone()
     try:
         model.margin.zero_()
-        return evaluate_method(cscf_predict(model, "csmf"), data)[0]
+        return evaluate_method(cscf_predict(model), data)[0]
     finally:
         model.margin.copy_(margin)
+
+
+def seen_classes(data: MMHCLData) -> dict[str, Any]:
+    """metrics.json's `classes`: `seen` per modality, `all` classes, and `A_seen`/`B_seen` with two modalities."""
+    seen = {m: [c for c, s in zip(data.class_names, row) if s] for m, row in zip(data.modalities, data.seen.tolist())}
+    letters = {"A_seen": seen[data.modalities[0]], "B_seen": seen[data.modalities[1]]} if len(seen) == 2 else {}
+    return {**letters, "seen": seen, "all": list(data.class_names)}
 
 
 def build_evaluation(
@@ -48,41 +67,43 @@ def build_evaluation(
     """Write `<key>.metrics.json` (CONTRACTS section 3), `<key>.predictions.parquet`,
     `<key>.report.md` and `<key>.seen_unseen.png`.
 
-    `trained` maps a trained model name ("B", "CSCF") to its training stage key. CSCF is
+    `trained` maps a trained model name ("B", "CSCF", "CSCF (paper)") to its training stage key. CSCF is
     also scored with its calibration margins set to 0 (diagnostics `CSCF_uncalibrated`),
     so the report shows Table 1 with and without calibration from one trained model.
     """
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
     models = {
-        name: model_from_checkpoint(torch.load(catalog.stage_output(workspace, "train", k, ".pt"), weights_only=False)).eval()
+        name: model_from_checkpoint(torch.load(catalog.stage_output(workspace, "train", k, ".pt"), weights_only=True)).eval()
         for name, k in trained.items()
     }
     methods, predictions, diagnostics = {}, [], {}
-    for method, (model_name, fusion) in METHODS.items():
-        scores, rows, routing = evaluate_method(cscf_predict(models[model_name], fusion), data)
+    for method, (model_name, fusion, router) in METHODS.items():
+        scores, rows, routing = evaluate_method(cscf_predict(models[model_name], fusion, router), data)
         methods[method] = scores
-        predictions += [{"method": method, **r} for r in rows]
-        if method == "CSCF":
-            diagnostics["dmss_routing_accuracy"] = routing["A_all+B_all"]
-            diagnostics.update({f"dmss_routing_accuracy_{k}": v for k, v in routing.items() if k != "A_all+B_all"})
+        predictions.append(with_method(rows, method))
+        for name, who in (("dmss", "B+O+D"), ("router", "CSCF")):
+            if method == who:  # routing accuracy of the paper's DMSS and of CSCF's own router
+                diagnostics[f"{name}_routing_accuracy"] = routing.get("all")
+                diagnostics.update({f"{name}_routing_accuracy_{k}": v for k, v in routing.items()
+                                    if k not in ("all", "A_all+B_all")})
     cscf = models["CSCF"]
+    diagnostics["routing_ceiling"] = routing_ceiling(cscf, data)
+    diagnostics["modality_alone"] = modality_alone(cscf, data)
+    diagnostics["subset_sizes"] = subset_sizes(data)
     diagnostics["CSCF_uncalibrated"] = _uncalibrated_scores(cscf, data)
     curves = seen_unseen_curves(cscf, data)
     diagnostics["seen_unseen"] = seen_unseen_diagnostics(cscf, data, curves)
     plot_seen_unseen(curves, diagnostics["seen_unseen"], catalog.stage_output(workspace, "evaluate", key, ".seen_unseen.png"))
-    seen = data.seen
     metrics = {
         "dataset": dataset,
         "modalities": data.modalities,
         "seed": seed,
-        "classes": {
-            "A_seen": [c for c, s in zip(data.class_names, seen[0]) if s],
-            "B_seen": [c for c, s in zip(data.class_names, seen[1]) if s],
-        },
+        "classes": seen_classes(data),
         "methods": methods,
         "diagnostics": diagnostics,
+        "provenance": provenance(workspace, embeddings_key),
     }
-    catalog.write_table(pa.Table.from_pylist(predictions, schema=catalog.PREDICTIONS),
+    catalog.write_table(pa.concat_tables(predictions),
                         catalog.stage_output(workspace, "evaluate", key, ".predictions.parquet"), catalog.PREDICTIONS)
     catalog.write_text(render_report(metrics), catalog.stage_output(workspace, "evaluate", key, ".report.md"))
     catalog.write_json(metrics, catalog.stage_output(workspace, "evaluate", key, ".metrics.json"))

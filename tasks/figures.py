@@ -38,7 +38,7 @@ def topk_sweep(model: CSCF, data: MMHCLData, ks: list[int]) -> dict[str, dict[in
         for label, weights in (("w/ class similarity", "similarity"), ("w/o class similarity", "uniform")):
             for k in ks:
                 model.config = original.replace(top_k=k, csmf_weights=weights)
-                scores, _, _ = evaluate_method(cscf_predict(model, "csmf"), data)
+                scores, _, _ = evaluate_method(cscf_predict(model, "csmf", "dmss"), data)
                 sweep[label][k] = {s: scores[s] for s in sweep_subsets(scores, len(data.modalities))}
     finally:
         model.config = original
@@ -71,7 +71,8 @@ def uncertainty_samples(model: CSCF, data: MMHCLData, n: int = 30, seed: int = 0
     for m, modality in enumerate(data.modalities):
         rows = (test.available.all(1) & test.seen_by[:, m]).nonzero().squeeze(1)
         rows = rows[torch.randperm(len(rows), generator=g)[:n]]
-        res = model([x[rows] for x in test.features], torch.ones(len(rows), len(data.modalities), dtype=torch.bool))
+        res = model([x[rows] for x in test.features], torch.ones(len(rows), len(data.modalities), dtype=torch.bool),
+                    fusion="csmf", router="dmss")
         out[f"{modality}'s seen classes"] = res.u  # (M, n)
     return out
 

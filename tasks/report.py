@@ -11,7 +11,9 @@ from typing import Any
 
 PAPER_TABLE1 = ("A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix")
 PAPER_TABLE2 = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
-ABLATION = (("B+O", "B+O"), ("B+O+D", "B+O+D"), ("CSCF", "B+O+D+C"))
+# Table 2: (method key, row label). D = the paper's DMSS, R = the learned router, C = CSMF.
+ABLATION = (("B+O", "B+O"), ("B+O+D", "B+O+D"), ("B+O+D+C", "B+O+D+C (the paper's CSCF)"),
+            ("B+O+R+C", "B+O+R+C"), ("CSCF", "B+O+R (CSCF)"))
 CEILING = "routing ceiling"
 
 
@@ -85,20 +87,34 @@ Top-1 accuracy in percent over all classes, test split. {legend}
 
 {counts}
 
-## Table 2: ablation (B = baseline, O = OSRS, D = DMSS, C = CSMF)
+## Table 2: ablation (B = baseline, O = OSRS, D = DMSS, R = learned router, C = CSMF)
 
 {t2}
 {render_reference(metrics)}
 ## Diagnostics
 
 {diag}
-{render_calibration(methods.get("CSCF", {}), diagnostics, table1)}"""
+{render_calibration(methods.get("CSCF", {}), diagnostics, table1)}{render_provenance(metrics)}"""
 
 
 SEEN_UNSEEN = (("margin", "margin"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("harmonic_mean", "H"),
                ("seen_acc_uncalibrated", "seen (margin 0)"), ("unseen_acc_uncalibrated", "unseen (margin 0)"),
                ("harmonic_mean_uncalibrated", "H (margin 0)"), ("ausuc", "AUSUC"),
                ("cosine_rule_unseen_acc", "cosine rule, unseen"))
+
+
+def render_provenance(metrics: dict[str, Any]) -> str:
+    """What produced these numbers: code version, text encoder, description settings."""
+    p = metrics.get("provenance")
+    if not p:
+        return ""
+    code = p["code"]
+    return f"""
+## Provenance
+
+- code: cscf {code['package']}, git {code['git'] or 'n/a'}, source sha256 {code['source_sha256'][:16]}
+- class semantics: text encoder `{p['text_encoder']}`; descriptions {p['descriptions']}
+"""
 
 
 def render_reference(metrics: dict[str, Any]) -> str:

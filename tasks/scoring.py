@@ -9,10 +9,13 @@ from __future__ import annotations
 
 from typing import Any, Callable
 
+import numpy as np
+import pyarrow as pa
 import torch
 
 from cscf_model.metrics import acc_mix, accuracy, routing_accuracy, subsets
 
+from . import catalog
 from .mmhcl_data import MMHCLData
 
 # A method under evaluation: (features per modality, presence (B, M)) ->
@@ -20,41 +23,53 @@ from .mmhcl_data import MMHCLData
 Predict = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
 
 
-def cscf_predict(model: torch.nn.Module, fusion: str) -> Predict:
-    """CSCF (or an ablation, by `fusion`) as a Predict function."""
+def cscf_predict(model: torch.nn.Module, fusion: str | None = None, router: str | None = None) -> Predict:
+    """CSCF as a Predict function: as configured, or an ablation by `fusion` / `router`."""
 
     def predict(feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        out = model(feats, present, fusion=fusion)
+        out = model(feats, present, fusion=fusion, router=router)
         return out.fused, out.dominant, out.u
 
     return predict
 
 
+# The per-sample rows of `evaluate_method`: the predictions schema less the method's name.
+ROWS = pa.schema([f for f in catalog.PREDICTIONS if f.name != "method"])
+
+
 @torch.no_grad()
 def evaluate_method(
     predict: Predict, data: MMHCLData
-) -> tuple[dict[str, float | None], list[dict[str, Any]], dict[str, float | None]]:
-    """Accuracy on every subset (cscf_model.metrics), the per-sample rows, and routing
+) -> tuple[dict[str, float | None], pa.Table, dict[str, float | None]]:
+    """Accuracy on every subset (cscf_model.metrics), the per-sample rows (ROWS), and routing
     accuracies on the subsets that show a sample two or more modalities. An empty subset
-    scores None."""
-    test, scores, rows, routing = data.test, {}, [], {}
+    scores None. The rows are built column by column: 50 thousand test samples x 4 methods
+    made 200 thousand Python dicts before."""
+    test, scores, parts, routing = data.test, {}, [], {}
+    ids, names = np.asarray(test.sample_ids, dtype=object), np.asarray(data.class_names, dtype=object)
+    modalities = np.asarray(data.modalities, dtype=object)
     for sub in subsets(test.seen_by, test.available, data.modalities):
         scores_b, dominant, u = predict([x[sub.rows] for x in test.features], sub.present)
         pred, labels = scores_b.argmax(-1), test.labels[sub.rows]
         scores[sub.name] = accuracy(pred, labels)
         if len(sub.rows) and (sub.present.sum(1) >= 2).all():
             routing[sub.name] = routing_accuracy(dominant, test.seen_by[sub.rows] & sub.present)
-        for i, r in enumerate(sub.rows.tolist()):
-            rows.append({
-                "subset": sub.name,
-                "sample_id": test.sample_ids[r],
-                "true_class": data.class_names[int(labels[i])],
-                "predicted_class": data.class_names[int(pred[i])],
-                "dominant": data.modalities[int(dominant[i])],
-                "u": None if u is None else u[:, i].tolist(),
-            })
+        n = len(sub.rows)
+        parts.append(pa.table({
+            "subset": pa.array(np.full(n, sub.name, dtype=object), pa.string()),
+            "sample_id": pa.array(ids[sub.rows.numpy()], pa.string()),
+            "true_class": pa.array(names[labels.numpy()], pa.string()),
+            "predicted_class": pa.array(names[pred.numpy()], pa.string()),
+            "dominant": pa.array(modalities[dominant.numpy()], pa.string()),
+            "u": pa.nulls(n, ROWS.field("u").type) if u is None else catalog.vector_column(u.T.reshape(n, -1).numpy()),
+        }, schema=ROWS))
     scores["acc_mix"] = acc_mix(scores, data.modalities)
-    return scores, rows, routing
+    return scores, pa.concat_tables(parts) if parts else ROWS.empty_table(), routing
+
+
+def with_method(rows: pa.Table, method: str) -> pa.Table:
+    """`evaluate_method`'s rows of one method as predictions rows (catalog.PREDICTIONS)."""
+    return rows.add_column(0, "method", pa.array(np.full(len(rows), method, dtype=object), pa.string()))
 
 
 def subset_sizes(data: MMHCLData) -> dict[str, int]:

@@ -1,25 +1,34 @@
 """Training stage: one method trained on the MMHCL training data, resumable.
 
 After every epoch the full state goes to `<key>.partial/epoch-NNNN.pt` (written
-atomically; only the newest is kept). A rerun after an interruption resumes from the
-newest one instead of starting over. The finished model is `<key>.pt`, which holds
-the resolved model and training configs, so it alone rebuilds the model.
+atomically; only the newest is kept), and the calibration's pseudo-unseen training
+does the same in `<key>.partial/calibration/`. A rerun after an interruption, even a
+SIGKILL, resumes from the newest ones instead of starting over. The finished model is
+`<key>.pt`, which holds the resolved model and training configs, so it alone rebuilds
+the model. Checkpoints hold tensors and plain values only and load with
+`weights_only=True`: a file planted in a shared workspace cannot run code. Two runs
+never train one key at once (`Stage.run` holds the key's lock), so the partial folder
+has one writer.
 """
 
 from __future__ import annotations
 
 import logging
+import pickle
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from cscf_model import TrainConfig, create_model, train
-from cscf_model.calibration import fit_margins, text_aligned
+from cscf_model.calibration import choose_margins, text_aligned, train_pseudo_unseen
+from cscf_model.router import fit_router_from_model
 
 from . import catalog
 from .mmhcl_data import load_mmhcl
+from .progress import epoch_progress
 
 log = logging.getLogger("cscf.train")
 
@@ -33,10 +42,35 @@ def _save(state: dict[str, Any], path: Path) -> None:
         torch.save(state, tmp)
 
 
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """A training state saved by this stage; never unpickles anything but tensors and plain values."""
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as e:
+        raise ValueError(f"{path}: not a checkpoint of tensors and plain values; refusing to unpickle it") from e
+
+
+@dataclass(frozen=True)
+class Checkpoints:
+    """The epoch checkpoints of one training in `folder`; only the newest is kept."""
+
+    folder: Path
+
+    def latest(self) -> dict[str, Any] | None:
+        found = sorted(self.folder.glob("epoch-*.pt"))
+        return load_checkpoint(found[-1]) if found else None
+
+    def save(self, state: dict[str, Any]) -> None:
+        path = self.folder / f"epoch-{state['epoch']:04d}.pt"
+        _save(state, path)
+        for old in self.folder.glob("epoch-*.pt"):
+            if old != path:
+                old.unlink()
+
+
 def latest_checkpoint(workspace: Path, key: str) -> dict[str, Any] | None:
     """The newest epoch checkpoint of an interrupted run, if any."""
-    found = sorted(_partial_dir(workspace, key).glob("epoch-*.pt"))
-    return torch.load(found[-1], weights_only=False) if found else None
+    return Checkpoints(_partial_dir(workspace, key)).latest()
 
 
 def build_training(
@@ -51,8 +85,10 @@ def build_training(
 ) -> None:
     """Train `method` (a shipped model config name) and write `<key>.pt`.
 
-    Text-aligned modalities are detected on training data; with calibration on, a second
-    model trained on pseudo-seen classes chooses each modality's margin (calibration.py).
+    Text-aligned modalities are detected on training data. With calibration or the learned
+    router on, a second model trained on pseudo-seen classes chooses each modality's margin
+    (calibration.py) and gives the router its examples of classes a modality never saw
+    (router.py).
     """
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
     cfg = TrainConfig(**train_config)
@@ -61,32 +97,44 @@ def build_training(
     make_model = lambda seen: create_model(  # noqa: E731
         method, data.input_dims, data.class_emb, seen, aligned, **model_overrides)
     model = make_model(data.seen)
-    resume = latest_checkpoint(workspace, key)
-    if resume is not None:
-        log.info("%s: resuming from epoch %d of %d", method, resume["epoch"] + 1, cfg.epochs)
     partial = _partial_dir(workspace, key)
-
-    def on_epoch_end(state: dict[str, Any]) -> None:
-        path = partial / f"epoch-{state['epoch']:04d}.pt"
-        _save(state, path)
-        for old in partial.glob("epoch-*.pt"):
-            if old != path:
-                old.unlink()
-
-    model, losses = train(model, data.train, cfg, resume=resume, on_epoch_end=on_epoch_end,
-                          log=lambda msg: log.debug("%s: %s", method, msg))
-    final = latest_checkpoint(workspace, key)
-    assert final is not None and final["epoch"] == cfg.epochs - 1
+    main, calibration = Checkpoints(partial), Checkpoints(partial / "calibration")
+    resume = _resumed(main, method, "training", cfg.epochs)
+    with epoch_progress(f"{method} training", cfg.epochs, log, resume, main.save) as on_epoch_end:
+        model, losses = train(model, data.train, cfg, resume=resume, on_epoch_end=on_epoch_end)
+    final = main.latest()
+    if final is None or final["epoch"] != cfg.epochs - 1:
+        raise RuntimeError(f"{partial}: training {key} ended without its epoch-{cfg.epochs - 1:04d} checkpoint "
+                           "(removed by another process?); rerun to resume")
     final.pop("optimizer")
-    if model.config.calibration == "stacking":
-        c = model.config
-        margins = fit_margins(make_model, data.train, data.seen, cfg, c.calibration_holdout,
-                              c.calibration_criterion, c.calibration_max_seen_drop)
+    c = model.config
+    if c.calibration == "stacking" or c.router == "gate":
+        resume = _resumed(calibration, method, "calibration training", cfg.epochs)
+        with epoch_progress(f"{method} calibration training", cfg.epochs, log, resume, calibration.save) as on_epoch_end:
+            pseudo = train_pseudo_unseen(make_model, data.train, data.seen, cfg, c.calibration_holdout,
+                                         resume=resume, on_epoch_end=on_epoch_end)
+    if c.calibration == "stacking":
+        margins = choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, c.calibration_criterion,
+                                 c.calibration_max_seen_drop)
         final["model"]["margin"] = torch.tensor(margins)
         log.info("%s: calibrated stacking margins %s (chosen on training data)", method, margins)
+    if c.router == "gate":  # issue 12: gates from the pseudo-unseen classes of the training data
+        router = fit_router_from_model(pseudo.model, pseudo.fit, pseudo.val, pseudo.pseudo_seen,
+                                       c.calibration_holdout, cfg.seed)
+        final["model"].update({f"router.{k}": v for k, v in router.state_dict().items()})
+        log.info("%s: learned router fitted on training data (gates read logits: %s)", method,
+                 [gate.reads_logits for gate in router.gates])
     final["modalities"] = data.modalities
     final["class_names"] = data.class_names
     _save(final, catalog.stage_output(workspace, "train", key, ".pt"))
     shutil.rmtree(partial, ignore_errors=True)
     log.info("%s: trained %d epochs on %s samples, final loss %.4f", method, cfg.epochs,
              [len(y) for y in data.train.labels], losses[-1])
+
+
+def _resumed(checkpoints: Checkpoints, method: str, what: str, epochs: int) -> dict[str, Any] | None:
+    """The state to resume `what` from, logged, or None to start it afresh."""
+    state = checkpoints.latest()
+    if state is not None:
+        log.info("%s: resuming from epoch %d of %d (%s)", method, state["epoch"] + 1, epochs, what)
+    return state

@@ -28,7 +28,8 @@ def test_writes_contract_metrics_per_seed_with_every_method(bench) -> None:
     for seed in (0, 1):
         metrics = json.loads((root / "out" / f"seed-{seed}" / "metrics.json").read_text())
         assert metrics["seed"] == seed
-        assert set(metrics["methods"]) == {"B", "B+O", "B+O+D", "CSCF", "CSCF (paper)", "TMC", "ZLA", "ZLA + cal"}
+        assert set(metrics["methods"]) == {"B", "B+O", "B+O+D", "B+O+D+C", "B+O+R+C", "CSCF", "CSCF (paper)",
+                                           "TMC", "ZLA", "ZLA + cal"}
         assert {"dmss_routing_accuracy", "seen_unseen", "CSCF_uncalibrated"} <= set(metrics["diagnostics"])
 
 

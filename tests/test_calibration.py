@@ -145,12 +145,12 @@ def test_an_aligned_modality_starts_at_the_cosine_rule() -> None:
     emb, train, _ = _aligned_data()
     seen = torch.zeros(2, 12, dtype=torch.bool)
     seen[0, :6], seen[1, 6:] = True, True
-    model = create_model("CSCF", [32, 20], emb, seen, torch.tensor([True, False])).eval()
+    model = create_model("B+O+D+C", [32, 20], emb, seen, torch.tensor([True, False])).eval()
     model.fit_input_stats(train.features)
     x = train.features[0][:5]
     expected = model.scale * F.normalize(x, dim=-1) @ emb.T  # eq. 2 with s_hat = x
     assert torch.allclose(model.modality_logits(0, x), expected.expand(4, -1, -1), atol=1e-5)
-    not_aligned = create_model("CSCF", [32, 20], emb, seen, torch.tensor([True, False]), keep_geometry=False)
+    not_aligned = create_model("B+O+D+C", [32, 20], emb, seen, torch.tensor([True, False]), keep_geometry=False)
     assert not not_aligned.aligned.any()
 
 
@@ -158,7 +158,7 @@ def test_margin_is_subtracted_from_seen_classes_of_unimodal_samples_only() -> No
     emb, train, _ = _aligned_data()
     seen = torch.zeros(2, 12, dtype=torch.bool)
     seen[0, :6], seen[1, 6:] = True, True
-    model = create_model("CSCF", [32, 20], emb, seen).eval()
+    model = create_model("B+O+D+C", [32, 20], emb, seen).eval()
     feats = [train.features[0][:4], torch.randn(4, 20)]
     present = torch.tensor([[True, False], [False, True], [True, True], [True, True]])
     raw = model(feats, present)
@@ -185,7 +185,7 @@ def _train_aligned(keep_geometry: bool) -> tuple[torch.Tensor, TrainData, TrainD
 
     def make(s: torch.Tensor) -> torch.nn.Module:
         torch.manual_seed(0)
-        return create_model("CSCF", [32, 20], emb, s, aligned, keep_geometry=keep_geometry)
+        return create_model("B+O+D+C", [32, 20], emb, s, aligned, keep_geometry=keep_geometry)
 
     model, _ = train_model(make(seen), train, cfg)
     margins = fit_margins(make, train, seen, cfg, holdout=0.25, criterion="mean", max_seen_drop=None)

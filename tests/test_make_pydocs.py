@@ -49,7 +49,7 @@ def test_output_passes_the_features_stage_validation(built: make_pydocs.PydocsBu
     assert classes["class_name"].tolist() == list(SMALL)
     good, rejected = validate_features(read_features(built.features), set(SMALL), str(built.features))
     assert rejected.num_rows == 0
-    assert good.num_rows == 2 * sum(built.counts.values())
+    assert good.num_rows == 3 * sum(built.counts.values())  # doc, code and name
     assert "split" not in pq.read_table(built.features).column_names  # the project makes the split
 
 

@@ -48,7 +48,7 @@ def _mmhcl_data(per_class: int, seed: int) -> TrainData:
     return TrainData([_features(y, m, seed + m) for m, y in enumerate(labels)], labels)
 
 
-def _model(name: str = "CSCF", seed: int = 0, **overrides: Any) -> CSCF:
+def _model(name: str = "B+O+D+C", seed: int = 0, **overrides: Any) -> CSCF:
     """A shipped config with its weights drawn from `seed`."""
     torch.manual_seed(seed)
     return create_model(name, DIMS, CLASS_EMB, SEEN, **overrides)
@@ -78,7 +78,7 @@ def one_thread() -> Iterator[None]:
 # ----------------------------------------------------------------------------- shapes, configs
 
 
-@pytest.mark.parametrize("name, k", [("CSCF", 4), ("B", 1)])
+@pytest.mark.parametrize("name, k", [("B+O+D+C", 4), ("B", 1)])
 def test_output_shapes(name: str, k: int) -> None:
     model = _model(name).eval()
     out = model(*_inputs(5))
@@ -90,12 +90,15 @@ def test_output_shapes(name: str, k: int) -> None:
 
 
 def test_shipped_configs() -> None:
-    assert list_models() == ["B", "B+O", "B+O+D", "CSCF"]
+    assert list_models() == ["B", "B+O", "B+O+D", "B+O+D+C", "CSCF", "CSCF (paper)"]
     cscf = load_config("CSCF").to_dict()
-    for name, fusion in [("B+O", "mean"), ("B+O+D", "dominant")]:
+    assert (cscf["router"], cscf["fusion"]) == ("gate", "gate")  # the learned router (issue 12)
+    for name, fusion in [("B+O", "mean"), ("B+O+D", "dominant"), ("B+O+D+C", "csmf")]:
         d = load_config(name).to_dict()
-        assert {k for k in d if d[k] != cscf[k]} == {"name", "fusion"}
-        assert (d["name"], d["fusion"]) == (name, fusion)
+        assert {k for k in d if d[k] != cscf[k]} == {"name", "fusion", "router"}
+        assert (d["name"], d["fusion"], d["router"]) == (name, fusion, "dmss")
+    paper = load_config("CSCF (paper)")
+    assert (paper.router, paper.fusion, paper.keep_geometry, paper.calibration) == ("dmss", "csmf", False, "none")
     b = load_config("B")
     assert (b.head, b.fusion, len(b.mappers)) == ("linear", "mean", 1)
 

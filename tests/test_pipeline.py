@@ -141,8 +141,8 @@ def test_interrupted_training_resumes_from_last_checkpoint(first_run, dataset, m
 
 
 def test_choosing_the_margin_never_reads_the_test_split(first_run, dataset, tmp_path):
-    """Training, margin choice included, gives the same model when every test-split
-    feature is replaced by noise: nothing of the test split enters the choice."""
+    """Training, margin choice and router fit included, gives the same model when every
+    test-split feature is replaced by noise: nothing of the test split enters either."""
     import numpy as np
     import pyarrow as pa
 
@@ -170,6 +170,8 @@ def test_choosing_the_margin_never_reads_the_test_split(first_run, dataset, tmp_
     clean = torch.load(ws / "train" / f"{keys['train[CSCF]']}.pt", weights_only=False)["model"]
     trained = torch.load(poisoned / "train" / "poisoned.pt", weights_only=False)["model"]
     assert clean["margin"].abs().sum() > 0  # a margin was chosen, not left at 0
+    assert any(k.startswith("router.gates.") for k in clean)  # and the learned router was fitted (issue 12)
+    assert trained.keys() == clean.keys()
     assert all(torch.equal(trained[k], clean[k]) for k in clean)
 
 

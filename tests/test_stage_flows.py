@@ -29,7 +29,8 @@ def runs(prefect_server, tmp_path_factory: pytest.TempPathFactory):
 
 def test_stage_flow_runs_only_what_its_stage_needs(runs):
     _, trained, _ = runs
-    assert set(trained["states"]) == {"features", "split", "descriptions", "class_embeddings", "train[B]", "train[CSCF]"}
+    assert set(trained["states"]) == {"features", "split", "descriptions", "class_embeddings", "train[B]", "train[CSCF]",
+                                      "train[CSCF (paper)]"}
     assert set(trained["states"].values()) == {"Completed"}
 
 
@@ -66,16 +67,18 @@ def _artifacts(flow_run_id) -> dict:
 
 
 def test_fresh_evaluation_publishes_report_and_accuracy_artifacts(runs):
-    from tasks.stages import ACCURACY_ARTIFACT, REPORT_ARTIFACT
+    from tasks.stages import ACCURACY_ARTIFACT, REPORT_ARTIFACT, embed_figure
 
     params, _, full = runs
     artifacts = _artifacts(full.state_details.flow_run_id)
     assert set(artifacts) == {REPORT_ARTIFACT, ACCURACY_ARTIFACT}
     report = artifacts[REPORT_ARTIFACT]
     assert report.type == "markdown"
-    assert report.data == (Path(params.out) / "report.md").read_text()
+    out = Path(params.out)
+    assert report.data == embed_figure((out / "report.md").read_text(), "seen_unseen.png", out / "seen_unseen.png")
+    assert "](data:image/png;base64," in report.data  # the UI cannot reach a file next to report.md
     assert "## Table 1" in report.data and "## Table 2" in report.data
     cscf = json.loads((Path(params.out) / "metrics.json").read_text())["methods"]["CSCF"]
     table = artifacts[ACCURACY_ARTIFACT]
     assert table.type == "table"
-    assert {r["subset"]: r["accuracy"] for r in json.loads(table.data)} == {k: round(v, 2) for k, v in cscf.items()}
+    assert {r["subset"]: r["accuracy"] for r in json.loads(table.data)} == {k: round(v, 2) for k, v in cscf.items() if v is not None}
