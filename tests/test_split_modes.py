@@ -169,3 +169,21 @@ def test_default_halves_reproduces_the_metrics_before_seen_modes(prefect_server,
     for modality, was in before["diagnostics"]["seen_unseen"].items():
         for key in ("ausuc", "seen_acc_uncalibrated", "unseen_acc_uncalibrated", "cosine_rule_unseen_acc"):
             assert now["diagnostics"]["seen_unseen"][modality][key] == was[key], (modality, key)
+
+
+def test_benchmark_runs_three_modalities_with_multi_view_baselines(hetero, prefect_server, tmp_path) -> None:
+    """`cscf benchmark` on three heterogeneous modalities: CSCF, its ablations and two
+    multi-view baselines share the general subsets; the report has one column per modality."""
+    from flows.cli import main
+
+    features, classes = hetero
+    out = tmp_path / "bench"
+    assert main(["benchmark", "--features", str(features), "--classes", str(classes), "--modalities", "audio,video,text",
+                 "--seeds", "0", "--methods", "TMC,UVaT", "--epochs", "2", "--out", str(out),
+                 "--workspace", str(tmp_path / "ws")]) == 0
+    metrics = json.loads((out / "seed-0" / "metrics.json").read_text())
+    assert {"CSCF", "B+O", "TMC", "UVaT"} <= set(metrics["methods"])
+    for method in ("TMC", "UVaT"):
+        assert {"audio_s", "text_u", "all", "all[audio+text]", "given[audio+video]", "acc_mix"} <= set(metrics["methods"][method])
+    report = (out / "report.md").read_text()
+    assert "| UVaT" in report and "text_u" in report and "routing ceiling" in report
