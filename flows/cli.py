@@ -190,40 +190,27 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         result = cscf(params)
     except USER_ERRORS as e:
-        message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
-        print(f"cscf: error: {message.splitlines()[0]}", file=sys.stderr)
-        return 1
+        return _error_line(e)
     for name, path in result["outputs"].items():
         print(f"wrote {path}")
     print("stages: " + ", ".join(f"{k}={v}" for k, v in result["states"].items()))
     if "metrics.json" in result["outputs"]:
+        from tasks.report import run_summary
+
         print(run_summary(json.loads(Path(result["outputs"]["metrics.json"]).read_text()), result["outputs"]))
     return 0
-
-
-TABLE1 = ("A_s", "B_s", "A_u", "B_u", "A_s+B_u", "A_u+B_s", "A_all+B_all", "acc_mix")
-
-
-def run_summary(metrics: dict, outputs: dict[str, str]) -> str:
-    """What a user looks at after `cscf run`: CSCF's Table 1 row, the routing accuracy, where
-    the outputs are. Two modalities give the paper's columns; more give every subset."""
-    scores = metrics["methods"]["CSCF"]
-    names = [k for k in TABLE1 if k in scores] if len(metrics["modalities"]) == 2 else list(scores)
-    cells = ["-" if scores[k] is None else f"{scores[k]:.2f}" for k in names]
-    widths = [max(len(a), len(b)) for a, b in zip(names, cells)]
-    routing = (metrics.get("diagnostics") or {}).get("dmss_routing_accuracy")
-    lines = [f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 % over all {len(metrics['classes']['all'])} classes"
-             if "all" in metrics["classes"] else f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 %",
-             "  ".join(n.rjust(w) for n, w in zip(names, widths)),
-             "  ".join(c.rjust(w) for c, w in zip(cells, widths)),
-             "DMSS routing accuracy: " + ("-" if routing is None else f"{routing:.2f} %"),
-             "outputs: " + ", ".join(str(p) for p in outputs.values())]
-    return "\n".join(lines)
 
 
 # What `main` reports as one `cscf: error:` line: bad inputs, settings and files the
 # message names (pydantic's ValidationError is a ValueError).
 USER_ERRORS = (ValueError, FileNotFoundError, RuntimeError)
+
+
+def _error_line(e: Exception) -> int:
+    """Print an expected error as the one line `cscf: error: ...` and return the exit code 1."""
+    message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
+    print(f"cscf: error: {message.splitlines()[0]}", file=sys.stderr)
+    return 1
 
 
 class _NoUserErrorTraceback(logging.Filter):
@@ -259,10 +246,8 @@ def _predict(args: argparse.Namespace) -> int:
         params = PredictParams(**{k: v for k, v in fields.items() if v is not None})
         params.check_inputs()
         result = cscf_predict(params)
-    except (ValidationError, ValueError, FileNotFoundError, RuntimeError) as e:
-        message = e.errors()[0]["msg"] if isinstance(e, ValidationError) else str(e)
-        print(f"cscf: error: {message.splitlines()[0]}", file=sys.stderr)
-        return 1
+    except USER_ERRORS as e:
+        return _error_line(e)
     print(f"wrote {result['output']} ({result['samples']} samples) and {result['summary']}")
     return 0
 

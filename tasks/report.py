@@ -156,3 +156,20 @@ argmax of cos(features, class semantics), where the features share the text spac
 
 ![seen/unseen accuracy per modality](seen_unseen.png)
 """
+
+
+def run_summary(metrics: dict[str, Any], outputs: dict[str, str]) -> str:
+    """What a user looks at after `cscf run`: CSCF's Table 1 row, the routing accuracy, where
+    the outputs are. Two modalities give the paper's columns; more give every subset."""
+    scores = metrics["methods"]["CSCF"]
+    names = [k for k in PAPER_TABLE1 if k in scores] if len(metrics["modalities"]) == 2 else list(scores)
+    cells = ["-" if scores[k] is None else f"{scores[k]:.2f}" for k in names]
+    widths = [max(len(a), len(b)) for a, b in zip(names, cells)]
+    routing = (metrics.get("diagnostics") or {}).get("dmss_routing_accuracy")
+    lines = [f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 % over all {len(metrics['classes']['all'])} classes"
+             if "all" in metrics["classes"] else f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 %",
+             "  ".join(n.rjust(w) for n, w in zip(names, widths)),
+             "  ".join(c.rjust(w) for c, w in zip(cells, widths)),
+             "DMSS routing accuracy: " + ("-" if routing is None else f"{routing:.2f} %"),
+             "outputs: " + ", ".join(str(p) for p in outputs.values())]
+    return "\n".join(lines)

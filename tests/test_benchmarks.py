@@ -24,7 +24,7 @@ from benchmarks import __main__ as bench
 from benchmarks import duckdb_queries, rerun, scale, scale_data, train
 from benchmarks.scale_data import ScaleSize, write_scale_dataset
 from cscf_model import TrainConfig
-from flows.cli import TABLE1, run_summary
+from tasks.report import PAPER_TABLE1 as TABLE1, run_summary
 from tasks.features import read_classes, read_features, validate_features
 from tasks.progress import progress
 from tasks.query import connect
