@@ -11,6 +11,7 @@ import pytest
 import torch
 
 from cscf_model import TrainData, create_model, model_from_checkpoint
+import cscf_model.router as router_module
 from cscf_model.router import (
     GateRouter,
     ModalityGate,
@@ -20,6 +21,7 @@ from cscf_model.router import (
     fit_router,
     fit_router_with_logits,
     logit_features,
+    class_balanced_bank,
     knn_mean_distance,
     mahalanobis_min,
     pattern_posterior,
@@ -147,12 +149,44 @@ def test_mahalanobis_and_knn_distances() -> None:
     assert knn_mean_distance(torch.zeros(1, 2), bank, 3).tolist() == pytest.approx([7 / 3])  # (0 + 3 + 4) / 3
 
 
-def test_shrunk_precision_pools_classes() -> None:
+def test_mahalanobis_expansion_and_chunked_knn_match_the_direct_forms() -> None:
+    g = torch.Generator().manual_seed(3)
+    x, means, bank = torch.randn(50, 16, generator=g) * 3 + 5, torch.randn(7, 16, generator=g) + 5, torch.randn(90, 16, generator=g)
+    a = torch.randn(16, 16, generator=g)
+    precision = a @ a.T / 16 + torch.eye(16)
+    diff = x[:, None, :] - means[None, :, :]
+    direct = torch.einsum("bcd,de,bce->bc", diff, precision, diff).min(1).values.sqrt()
+    assert torch.allclose(mahalanobis_min(x, means, precision), direct, rtol=1e-4)
+    whole = torch.cdist(x, bank).topk(5, dim=1, largest=False).values.mean(1)
+    assert torch.allclose(knn_mean_distance(x, bank, 5, chunk=7), whole)
+
+
+def test_class_balanced_bank_keeps_every_class_and_the_size() -> None:
+    labels = torch.cat([torch.zeros(100), torch.ones(10), torch.full((40,), 2.0)]).long()
+    z = torch.arange(len(labels), dtype=torch.float32)[:, None]
+    every = torch.arange(len(labels))
+    assert torch.equal(class_balanced_bank(z, labels, every, 200), z)  # under the cap: all rows
+    bank = class_balanced_bank(z, labels, every, 24)
+    kept = labels[bank[:, 0].long()]
+    assert torch.bincount(kept).tolist() == [8, 8, 8]
+    assert torch.equal(bank, class_balanced_bank(z, labels, every, 24))  # seeded
+    some = torch.arange(0, len(labels), 2)  # only the rows asked for
+    assert set(class_balanced_bank(z, labels, some, 24)[:, 0].long().tolist()) <= set(some.tolist())
+
+
+def test_shrunk_precision_pools_classes(monkeypatch: pytest.MonkeyPatch) -> None:
     # class 0: (0,0), (2,0) -> centred (-1,0), (1,0); class 1: (0,0), (0,4) -> (0,-2), (0,2).
     # S = diag(2, 8) / 3 (n - 1 = 3); tr(S)/d = 5/3; shrinkage 1/2: diag(7/6, 13/6) -> P = diag(6/7, 6/13)
     x = torch.tensor([[0.0, 0.0], [2.0, 0.0], [0.0, 0.0], [0.0, 4.0]])
-    p = shrunk_precision(x, torch.tensor([0, 0, 1, 1]), 0.5)
+    labels, means = torch.tensor([0, 0, 1, 1]), torch.tensor([[1.0, 0.0], [0.0, 2.0]])
+    p = shrunk_precision(x, labels, means, torch.arange(4), 0.5)
     assert p.flatten().tolist() == pytest.approx([6 / 7, 0.0, 0.0, 6 / 13], abs=1e-6)
+    # the same over rows of a bigger z, accumulated in chunks of one row
+    bigger = torch.cat([torch.full((3, 2), 9.0), x])
+    with_noise = torch.cat([torch.tensor([5, 5, 5]), labels])
+    monkeypatch.setattr(router_module, "CHUNK", 1)
+    again = shrunk_precision(bigger, with_noise, means, torch.arange(3, 7), 0.5)
+    assert torch.allclose(again, p, atol=1e-6)
 
 
 def test_fit_logistic() -> None:
@@ -241,11 +275,15 @@ def test_cscf_with_gate_router_fuses_and_survives_a_checkpoint() -> None:
     model.router = fit_router(train, seen, holdout=0.34, seed=0, repeats=1)
     out = model([x, x], both)
     # fusion "gate" with gate_mix "prior": mean of the modalities' logits + log P(pattern of c | x)
-    post = model.router.posterior([x, x], out.logits, both.T, seen)
+    post = model.router.posterior(model.router.gate_logits([x, x], out.logits, seen), both.T, seen)
     want = out.logits.mean(0) + post.clamp_min(1e-12).log()[:, seen_patterns(seen)[1]]
     assert torch.allclose(out.fused, want, atol=1e-5)
     # u is 1 - P(modality saw the class): each sample's u's sum to 1 with two disjoint sets
     assert torch.allclose(out.u.sum(0), torch.ones(len(x)))
+    # encoded once (gate logits included), fused under another mask: the forward pass's result
+    mixed = torch.stack([torch.arange(len(x)) % 3 != 1, torch.arange(len(x)) % 3 != 2], 1)
+    for encoded in (model.encode([x, x]), model.encode_for_scoring([x, x])):
+        assert torch.allclose(model.fuse(encoded, mixed).fused, model([x, x], mixed).fused, atol=1e-5)
     state = {"config": model.config.to_dict(), "input_dims": [3, 3], "model": model.state_dict()}
     again = model_from_checkpoint(state).eval()
     assert torch.equal(again([x, x], both).fused, out.fused)
