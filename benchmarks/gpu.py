@@ -30,7 +30,7 @@ import torch
 from cscf_model import TrainConfig, TrainData, create_model, train
 from cscf_model.trainer import _epoch_batches, _step_batch
 from tasks.mmhcl_data import MMHCLData, TestSet
-from tasks.scoring import cscf_predict, evaluate_method
+from tasks.scoring import cscf_predict, evaluate_method, on_test
 
 from .scale_data import ScaleSize, scale_tables
 
@@ -113,7 +113,7 @@ def bare_seconds(data: MMHCLData, cfg: TrainConfig) -> float:
 
 
 def acc_mix(model: torch.nn.Module, data: MMHCLData) -> float:
-    return evaluate_method(cscf_predict(model.eval(), "csmf"), data)[0]["acc_mix"]
+    return evaluate_method(on_test(cscf_predict(model.eval(), "csmf"), data), data)[0]["acc_mix"]
 
 
 def run(centres_file: Path, out: Path, epochs: int, acc_fraction: float, acc_epochs: int,

@@ -1,13 +1,14 @@
 """cscf_model: CSCF and its ablations in pure PyTorch (no files, no Prefect)."""
 
 from .config import MapperConfig, ModelConfig, list_models, load_config
-from .cscf import CSCF, CSCFOutput
+from .cscf import CSCF, CSCFOutput, Encoded
 from .factory import create_model, model_from_checkpoint
 from .trainer import TrainConfig, TrainData, train
 
 __all__ = [
     "CSCF",
     "CSCFOutput",
+    "Encoded",
     "MapperConfig",
     "ModelConfig",
     "TrainConfig",

@@ -54,19 +54,28 @@ def _share(x: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     return x / x.sum(0, keepdim=True).clamp_min(_EPS)
 
 
+def dmss_entropies(logits_k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The entropies DMSS reads from logits_k (M, K, B, N): of each module's prediction
+    (M, K, B), eqs. 3-4, and of the prediction of their mean logits (M, B), eq. 6."""
+    return entropy(logits_k.softmax(-1)), entropy(logits_k.mean(1).softmax(-1))
+
+
+def dmss_from_entropies(h_k: torch.Tensor, h_mean: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """Eqs. 4-7 on dmss_entropies' output: u^m = Inc^m + dif^m, (M, B); +inf where absent."""
+    e = h_k.std(dim=1, unbiased=False)  # (M, B): sqrt(1/K sum (H_i - H_mean)^2)  eq. 4
+    inc = _share(e, present)  # eq. 5
+    dif = _share(h_mean, present)  # eq. 6
+    u = inc + dif  # eq. 7
+    return torch.where(present, u, torch.full_like(u, math.inf))
+
+
 def dmss_uncertainty(logits_k: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
     """Eqs. 3-7: u^m = Inc^m + dif^m for every modality and sample.
 
     logits_k: (M, K, B, N) logits of the K OSRS modules; present: (M, B) bool.
     Returns (M, B); absent modalities get +inf so they are never dominant.
     """
-    h_k = entropy(logits_k.softmax(-1))  # (M, K, B)                       eq. 3-4
-    e = h_k.std(dim=1, unbiased=False)  # (M, B): sqrt(1/K sum (H_i - H_mean)^2)  eq. 4
-    inc = _share(e, present)  # eq. 5
-    h_mean = entropy(logits_k.mean(1).softmax(-1))  # (M, B): H(softmax(mean_i lo_i))  eq. 6
-    dif = _share(h_mean, present)
-    u = inc + dif  # eq. 7
-    return torch.where(present, u, torch.full_like(u, math.inf))
+    return dmss_from_entropies(*dmss_entropies(logits_k), present)
 
 
 # ----------------------------------------------------------------------------- CSMF
@@ -132,11 +141,57 @@ def csmf_fuse(
 
 @dataclass
 class CSCFOutput:
-    logits_k: torch.Tensor  # (M, K, B, N) every OSRS module's logits
-    logits: torch.Tensor  # (M, B, N) per-modality logits, mean over the K modules
+    raw_k: torch.Tensor | None  # (M, K, B, N) every OSRS module's logits before calibration (None: dropped)
+    offset: torch.Tensor  # (M, B, N) calibrated stacking's offset (CSCF.calibration_offset)
+    logits: torch.Tensor  # (M, B, N) per-modality logits, mean over the K modules, calibrated
     u: torch.Tensor  # (M, B) DMSS uncertainty (router "gate": 1 - P(m saw the class)), +inf where absent
     dominant: torch.Tensor  # (B,) index of the dominant modality
     fused: torch.Tensor  # (B, N) the model's prediction under its `fusion`
+
+    @property
+    def logits_k(self) -> torch.Tensor:
+        """(M, K, B, N) every OSRS module's calibrated logits (what the loss reads)."""
+        if self.raw_k is None:
+            raise ValueError("this output was fused from an encoding without per-module logits")
+        return self.raw_k - self.offset[:, None]
+
+
+@dataclass
+class Encoded:
+    """What `CSCF.encode` computes once per sample whatever modalities it shows."""
+
+    raw: torch.Tensor  # (M, B, N) raw logits, mean over the K modules
+    raw_k: torch.Tensor | None  # (M, K, B, N) every module's raw logits; None once for_scoring dropped them
+    gate_logit: torch.Tensor | None  # (M, B) the learned router's gate logits; None without one
+    entropies: tuple[torch.Tensor, torch.Tensor] | None = None  # dmss_entropies(raw_k), once computed
+
+    def dmss_entropies(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """dmss_entropies of the raw logits: kept when for_scoring computed them, else computed."""
+        if self.entropies is not None:
+            return self.entropies
+        if self.raw_k is None:
+            raise ValueError("an encoding without per-module logits needs its entropies kept")
+        return dmss_entropies(self.raw_k)
+
+    def for_scoring(self, keep_k: bool = False) -> "Encoded":
+        """What fusing under many presence masks reads: the mean logits, gate logits and DMSS
+        entropies; the per-module logits (K times the memory) only with `keep_k`."""
+        return Encoded(self.raw, self.raw_k if keep_k else None, self.gate_logit, self.dmss_entropies())
+
+    @staticmethod
+    def concat(parts: list["Encoded"]) -> "Encoded":
+        """The encodings of consecutive batches of samples as one."""
+        cat = lambda ts, axis: None if ts[0] is None else torch.cat(ts, axis)  # noqa: E731
+        h = None if parts[0].entropies is None else (
+            cat([p.entropies[0] for p in parts], 2), cat([p.entropies[1] for p in parts], 1))
+        return Encoded(cat([p.raw for p in parts], 1), cat([p.raw_k for p in parts], 2),
+                       cat([p.gate_logit for p in parts], 1), h)
+
+    def rows(self, index: torch.Tensor) -> "Encoded":
+        """The encoding of the samples at `index` (B',)."""
+        pick = lambda t, axis: None if t is None else t.index_select(axis, index)  # noqa: E731
+        h = None if self.entropies is None else (pick(self.entropies[0], 2), pick(self.entropies[1], 1))
+        return Encoded(pick(self.raw, 1), pick(self.raw_k, 2), pick(self.gate_logit, 1), h)
 
 
 class CSCF(nn.Module):
@@ -233,7 +288,7 @@ class CSCF(nn.Module):
         return torch.stack([osrs_logits(s, self.class_emb, self.scale) for s in s_hat])
 
     def calibration_offset(self, present: torch.Tensor) -> torch.Tensor:
-        """(M, 1, B, N): calibrated stacking subtracts modality m's margin from its seen classes,
+        """(M, B, N): calibrated stacking subtracts modality m's margin from its seen classes,
         on samples that show one modality only.
 
         With several modalities DMSS already decides which modality saw the class, and
@@ -243,7 +298,22 @@ class CSCF(nn.Module):
         single = (present.sum(0) == 1).float()  # (B,)
         if self.config.unimodal == "gate":
             single = torch.zeros_like(single)  # the gate decides seen vs unseen instead
-        return (self.margin[:, None] * self.seen)[:, None, None, :] * single[None, None, :, None]
+        return (self.margin[:, None] * self.seen)[:, None, :] * single[None, :, None]
+
+    def encode(self, features: list[torch.Tensor], gates: bool = True) -> Encoded:
+        """The presence-independent part of the forward pass: every modality's K raw logits
+        and, when `gates` and a router is fitted, its gate logits (absent rows: any values)."""
+        raw_k = torch.stack([self.modality_logits(m, x) for m, x in enumerate(features)]).float()
+        raw = raw_k.mean(1)
+        gate_logit = None
+        if gates and self.router is not None:
+            gate_logit = self.router.gate_logits(features, raw, self.seen)
+        return Encoded(raw, raw_k, gate_logit)
+
+    def encode_for_scoring(self, features: list[torch.Tensor]) -> Encoded:
+        """encode(features).for_scoring(): what fuse reads under any mask, the per-module
+        logits kept only where missing="zero" needs them."""
+        return self.encode(features).for_scoring(keep_k=self.config.missing == "zero")
 
     def forward(
         self, features: list[torch.Tensor], present: torch.Tensor, fusion: str | None = None, router: str | None = None
@@ -251,19 +321,31 @@ class CSCF(nn.Module):
         """features: one (B, d_m) tensor per modality (absent rows: any values);
         present: (B, M) bool. `fusion` and `router` override config.fusion and
         config.router (to evaluate ablations with one set of trained weights)."""
+        return self.fuse(self.encode(features, gates=(router or self.config.router) == "gate"), present, fusion, router)
+
+    def fuse(
+        self, enc: Encoded, present: torch.Tensor, fusion: str | None = None, router: str | None = None
+    ) -> CSCFOutput:
+        """The rest of the forward pass on encoded samples: calibration, routing and fusion
+        under the presence mask (B, M). Scoring one test set under many masks and ablations
+        encodes it once and fuses it many times (tasks.scoring)."""
         present = present.T  # (M, B)
         shown = present
         offset = self.calibration_offset(present)
-        if self.config.missing == "zero":
-            features = [x * p[:, None] for x, p in zip(features, present)]
-            present = torch.ones_like(present)
-        raw_k = torch.stack([self.modality_logits(m, x) for m, x in enumerate(features)]).float()
-        logits_k = raw_k - offset
-        logits = logits_k.mean(1)  # (M, B, N)
-        posterior = self.route(features, raw_k.mean(1), shown, router or self.config.router)
-        if posterior is None:
-            u = dmss_uncertainty(logits_k, present)
-        else:
+        raw, raw_k = enc.raw, enc.raw_k
+        posterior = self.route(enc, shown, router or self.config.router)
+        if self.config.missing == "zero":  # absent modalities read a zero vector and take part
+            if raw_k is None:
+                raise ValueError('missing="zero" fuses from per-module logits: encode without for_scoring')
+            raw_k = torch.where(present[:, None, :, None], raw_k, self._zero_input_logits())
+            raw, present = raw_k.mean(1), torch.ones_like(present)
+            u = dmss_uncertainty(raw_k - offset[:, None], present) if posterior is None else None
+        elif posterior is None:
+            # DMSS of the raw logits: they differ from the calibrated ones only on samples
+            # showing one modality, whose u is 2 (both shares 1) whatever the entropies.
+            u = dmss_from_entropies(*enc.dmss_entropies(), present)
+        logits = raw - offset  # (M, B, N)
+        if posterior is not None:
             p_seen = posterior @ seen_patterns(self.seen)[0].float()  # (B, M): P(m saw the class)
             u = torch.where(shown, 1 - p_seen.T, torch.full_like(p_seen.T, math.inf))
         fusion = fusion or self.config.fusion
@@ -274,7 +356,7 @@ class CSCF(nn.Module):
             fused = (logits * w).sum(0) / w.sum(0).clamp_min(1)
             dominant = u.argmin(0)
         elif fusion == "gate":
-            fused, dominant = self.gate_fuse(raw_k.mean(1), shown, posterior, self.config.gate_mix), u.argmin(0)
+            fused, dominant = self.gate_fuse(raw, shown, posterior, self.config.gate_mix), u.argmin(0)
         elif fusion == "dominant":
             fused, dominant = csmf_fuse(logits, u, present, self.s_prune, False, 0.0)
         else:
@@ -284,13 +366,13 @@ class CSCF(nn.Module):
         if posterior is not None:  # one modality shown: calibrated stacking, or the gate's own mixture
             single = shown.sum(0) == 1
             if self.config.unimodal == "gate":
-                alone = self.gate_fuse(raw_k.mean(1), shown, posterior, "soft")
+                alone = self.gate_fuse(raw, shown, posterior, "soft")
             else:
                 alone = (logits * shown[..., None]).sum(0)
             fused = torch.where(single[:, None], alone, fused)
         if posterior is None:  # the learned router's posterior already weighs "seen by no modality"
             fused = fused - self.unseen_by_all_offset(shown, dominant)
-        return CSCFOutput(logits_k, logits, u, dominant, fused)
+        return CSCFOutput(raw_k, offset, logits, u, dominant, fused)
 
     def unseen_by_all_offset(self, present: torch.Tensor, dominant: torch.Tensor) -> torch.Tensor:
         """(B, N): on samples that show several modalities, calibrated stacking for the classes
@@ -307,14 +389,12 @@ class CSCF(nn.Module):
         several = (present.sum(0) > 1).float()  # (B,)
         return (self.margin[dominant] * several)[:, None] * seen_by_any.float()[None, :]
 
-    def route(
-        self, features: list[torch.Tensor], raw: torch.Tensor, present: torch.Tensor, router: str
-    ) -> torch.Tensor | None:
-        """The learned router's P(pattern | x) (B, P), or None under DMSS.
+    def route(self, enc: Encoded, present: torch.Tensor, router: str) -> torch.Tensor | None:
+        """The learned router's P(pattern | x) (B, P), or None under DMSS. present (M, B).
 
-        raw (M, B, N) uncalibrated logits; present (M, B). A model configured with the
-        gate router but not yet given one (while training, whose loss reads only the
-        logits) falls back to DMSS; predicting without one is an error.
+        A model configured with the gate router but not yet given one (while training,
+        whose loss reads only the logits) falls back to DMSS; predicting without one is
+        an error.
         """
         if router == "dmss":
             return None
@@ -322,7 +402,14 @@ class CSCF(nn.Module):
             if self.training:
                 return None
             raise ValueError('router="gate" needs a fitted router: set model.router (router.fit_router) first')
-        return self.router.posterior(features, raw, present, self.seen)
+        if enc.gate_logit is None:
+            raise ValueError('router="gate" needs gate logits: encode with gates=True')
+        return self.router.posterior(enc.gate_logit, present, self.seen)
+
+    def _zero_input_logits(self) -> torch.Tensor:
+        """(M, K, 1, N): raw logits of an all-zero input, what missing="zero" feeds an absent modality."""
+        zeros = [self.class_emb.new_zeros(1, d) for d in self.input_dims]
+        return torch.stack([self.modality_logits(m, x) for m, x in enumerate(zeros)]).float()
 
     def gate_fuse(
         self, raw: torch.Tensor, present: torch.Tensor, posterior: torch.Tensor | None, mix: str

@@ -27,7 +27,7 @@ from cscf_model.baselines import (
 
 from . import catalog
 from .mmhcl_data import MMHCLData, load_mmhcl
-from .scoring import Predict, evaluate_method, with_method
+from .scoring import Predict, evaluate_method, on_test, with_method
 from .text_encoders import build_text_encoder
 
 # DSECN's external class names: the ImageNet-1k class names as open_clip ships them
@@ -119,5 +119,5 @@ def build_baseline(
 
 
 def _score(name: str, model: Any, data: MMHCLData) -> tuple[dict[str, Any], pa.Table]:
-    scores, rows, _ = evaluate_method(baseline_predict(model), data)
+    scores, rows, _ = evaluate_method(on_test(baseline_predict(model), data), data)
     return {name: scores}, with_method(rows, name)

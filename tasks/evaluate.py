@@ -13,13 +13,15 @@ from typing import Any
 import pyarrow as pa
 import torch
 
-from cscf_model import model_from_checkpoint
+from cscf_model import CSCF, Encoded, model_from_checkpoint
 
 from . import catalog
 from .mmhcl_data import MMHCLData, load_mmhcl
 from .provenance import provenance
 from .report import render_report
-from .scoring import cscf_predict, evaluate_method, modality_alone, routing_ceiling, subset_sizes, with_method
+from .scoring import (
+    cscf_scorer, encode_test, evaluate_method, modality_alone, routing_ceiling, subset_sizes, with_method,
+)
 from .seen_unseen import plot_seen_unseen, seen_unseen_curves, seen_unseen_diagnostics
 
 # method name -> (trained model it uses, fusion and router at inference; None: as the model's config).
@@ -37,14 +39,29 @@ METHODS = {
 SEEN_UNSEEN_PNG = "seen_unseen.png"  # the report links the figure by this name, next to it in --out
 
 
-def _uncalibrated_scores(model: torch.nn.Module, data: MMHCLData) -> dict[str, float]:
+def _uncalibrated_scores(model: CSCF, encoded: Encoded, data: MMHCLData) -> dict[str, float]:
     """Table 1 scores of the full model with its calibration margins set to 0."""
     margin = model.margin.clone()
     try:
         model.margin.zero_()
-        return evaluate_method(cscf_predict(model), data)[0]
+        return evaluate_method(cscf_scorer(model, encoded), data)[0]
     finally:
         model.margin.copy_(margin)
+
+
+def _cscf_diagnostics(model: CSCF, encoded: Encoded, data: MMHCLData, workspace: Path, key: str) -> dict[str, Any]:
+    """What the report shows next to CSCF's rows: the routing ceiling, each modality alone,
+    subset sizes, Table 1 without calibration, and the seen/unseen curves (also drawn)."""
+    curves = seen_unseen_curves(encoded, data)
+    seen_unseen = seen_unseen_diagnostics(model, data, curves)
+    plot_seen_unseen(curves, seen_unseen, catalog.stage_output(workspace, "evaluate", key, ".seen_unseen.png"))
+    return {
+        "routing_ceiling": routing_ceiling(model, encoded, data),
+        "modality_alone": modality_alone(model, encoded, data),
+        "subset_sizes": subset_sizes(data),
+        "CSCF_uncalibrated": _uncalibrated_scores(model, encoded, data),
+        "seen_unseen": seen_unseen,
+    }
 
 
 def seen_classes(data: MMHCLData) -> dict[str, Any]:
@@ -71,29 +88,30 @@ def build_evaluation(
     also scored with its calibration margins set to 0 (diagnostics `CSCF_uncalibrated`),
     so the report shows Table 1 with and without calibration from one trained model.
     """
-    data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
+    data = load_mmhcl(workspace, features_key, split_key, embeddings_key, parts=("test",))
     models = {
         name: model_from_checkpoint(torch.load(catalog.stage_output(workspace, "train", k, ".pt"), weights_only=True)).eval()
         for name, k in trained.items()
     }
-    methods, predictions, diagnostics = {}, [], {}
-    for method, (model_name, fusion, router) in METHODS.items():
-        scores, rows, routing = evaluate_method(cscf_predict(models[model_name], fusion, router), data)
-        methods[method] = scores
-        predictions.append(with_method(rows, method))
-        for name, who in (("dmss", "B+O+D"), ("router", "CSCF")):
-            if method == who:  # routing accuracy of the paper's DMSS and of CSCF's own router
-                diagnostics[f"{name}_routing_accuracy"] = routing.get("all")
-                diagnostics.update({f"{name}_routing_accuracy_{k}": v for k, v in routing.items()
-                                    if k not in ("all", "A_all+B_all")})
-    cscf = models["CSCF"]
-    diagnostics["routing_ceiling"] = routing_ceiling(cscf, data)
-    diagnostics["modality_alone"] = modality_alone(cscf, data)
-    diagnostics["subset_sizes"] = subset_sizes(data)
-    diagnostics["CSCF_uncalibrated"] = _uncalibrated_scores(cscf, data)
-    curves = seen_unseen_curves(cscf, data)
-    diagnostics["seen_unseen"] = seen_unseen_diagnostics(cscf, data, curves)
-    plot_seen_unseen(curves, diagnostics["seen_unseen"], catalog.stage_output(workspace, "evaluate", key, ".seen_unseen.png"))
+    methods, predictions, diagnostics = {}, {}, {}
+    for model_name, model in models.items():
+        # The model's logits (and gate logits) of every test sample, computed once: its methods
+        # and the subsets differ only in the presence masks and fusion applied to them.
+        encoded = encode_test(model, data)
+        for method in [m for m, (name, _, _) in METHODS.items() if name == model_name]:
+            _, fusion, router = METHODS[method]
+            scores, rows, routing = evaluate_method(cscf_scorer(model, encoded, fusion, router), data)
+            methods[method], predictions[method] = scores, with_method(rows, method)
+            for name, who in (("dmss", "B+O+D"), ("router", "CSCF")):
+                if method == who:  # routing accuracy of the paper's DMSS and of CSCF's own router
+                    diagnostics[f"{name}_routing_accuracy"] = routing.get("all")
+                    diagnostics.update({f"{name}_routing_accuracy_{k}": v for k, v in routing.items()
+                                        if k not in ("all", "A_all+B_all")})
+        if model_name == "CSCF":
+            diagnostics.update(_cscf_diagnostics(model, encoded, data, workspace, key))
+        del encoded  # 0.4 GB per model at 1x VGGSound: one at a time
+    methods = {m: methods[m] for m in METHODS}
+    predictions = [predictions[m] for m in METHODS]
     metrics = {
         "dataset": dataset,
         "modalities": data.modalities,

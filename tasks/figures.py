@@ -13,7 +13,7 @@ import torch  # noqa: E402
 from cscf_model import CSCF  # noqa: E402
 
 from . import catalog  # noqa: E402
-from .scoring import cscf_predict, evaluate_method  # noqa: E402
+from .scoring import cscf_scorer, encode_test, evaluate_method  # noqa: E402
 from .mmhcl_data import MMHCLData  # noqa: E402
 
 PAPER_SWEEP = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
@@ -34,11 +34,12 @@ def topk_sweep(model: CSCF, data: MMHCLData, ks: list[int]) -> dict[str, dict[in
     """
     original = model.config
     sweep: dict[str, dict[int, dict[str, float]]] = {"w/ class similarity": {}, "w/o class similarity": {}}
+    encoded = encode_test(model, data)  # top-k changes only the fusion
     try:
         for label, weights in (("w/ class similarity", "similarity"), ("w/o class similarity", "uniform")):
             for k in ks:
                 model.config = original.replace(top_k=k, csmf_weights=weights)
-                scores, _, _ = evaluate_method(cscf_predict(model, "csmf", "dmss"), data)
+                scores, _, _ = evaluate_method(cscf_scorer(model, encoded, "csmf", "dmss"), data)
                 sweep[label][k] = {s: scores[s] for s in sweep_subsets(scores, len(data.modalities))}
     finally:
         model.config = original

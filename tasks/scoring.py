@@ -7,30 +7,73 @@ evaluation stage around it.
 
 from __future__ import annotations
 
-from typing import Any, Callable
+from typing import Callable
 
 import numpy as np
 import pyarrow as pa
 import torch
 
+from cscf_model import CSCF, Encoded
 from cscf_model.metrics import acc_mix, accuracy, routing_accuracy, subsets
 
 from . import catalog
 from .mmhcl_data import MMHCLData
 
-# A method under evaluation: (features per modality, presence (B, M)) ->
+# A method as a function of the features: (features per modality, presence (B, M)) ->
 # (scores (B, N), dominant modality (B,), DMSS uncertainty (M, B) or None).
-Predict = Callable[[list[torch.Tensor], torch.Tensor], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]]
+Output = tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+Predict = Callable[[list[torch.Tensor], torch.Tensor], Output]
+# A method bound to the test set: (test rows (B,), presence (B, M)) -> Output. Subsets show
+# the same samples under different presence masks, so what does not depend on the mask is
+# computed once per test set, not once per subset and method.
+Scorer = Callable[[torch.Tensor, torch.Tensor], Output]
+
+CHUNK = 8192  # test rows scored at a time: bounds memory whatever the test set's size
 
 
 def cscf_predict(model: torch.nn.Module, fusion: str | None = None, router: str | None = None) -> Predict:
     """CSCF as a Predict function: as configured, or an ablation by `fusion` / `router`."""
 
-    def predict(feats: list[torch.Tensor], present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    def predict(feats: list[torch.Tensor], present: torch.Tensor) -> Output:
         out = model(feats, present, fusion=fusion, router=router)
         return out.fused, out.dominant, out.u
 
     return predict
+
+
+def on_test(predict: Predict, data: MMHCLData) -> Scorer:
+    """A Predict function as a Scorer: the features of the rows asked for, every time."""
+    return lambda rows, present: predict([x[rows] for x in data.test.features], present)
+
+
+@torch.no_grad()
+def encode_test(model: CSCF, data: MMHCLData) -> Encoded:
+    """CSCF.encode_for_scoring of every test sample (its modalities' mean logits, gate logits
+    and DMSS entropies), CHUNK samples at a time."""
+    return Encoded.concat([model.encode_for_scoring([x[rows] for x in data.test.features])
+                           for rows in torch.arange(len(data.test.labels)).split(CHUNK)])
+
+
+def cscf_scorer(model: CSCF, encoded: Encoded, fusion: str | None = None, router: str | None = None) -> Scorer:
+    """CSCF (or an ablation by `fusion` / `router`) on the test set `encoded` by encode_test:
+    only CSCF.fuse runs per subset."""
+
+    def score(rows: torch.Tensor, present: torch.Tensor) -> Output:
+        out = model.fuse(encoded.rows(rows), present, fusion=fusion, router=router)
+        return out.fused, out.dominant, out.u
+
+    return score
+
+
+def _chunks(rows: torch.Tensor, present: torch.Tensor) -> zip:
+    return zip(rows.split(CHUNK), present.split(CHUNK))
+
+
+def _predicted(score: Scorer, rows: torch.Tensor, present: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Predicted class (B,), dominant modality (B,) and u (M, B) or None, CHUNK rows at a time."""
+    outs = [score(r, p) for r, p in _chunks(rows, present)]
+    u = None if outs[0][2] is None else torch.cat([o[2] for o in outs], 1)
+    return torch.cat([o[0].argmax(-1) for o in outs]), torch.cat([o[1] for o in outs]), u
 
 
 # The per-sample rows of `evaluate_method`: the predictions schema less the method's name.
@@ -39,7 +82,7 @@ ROWS = pa.schema([f for f in catalog.PREDICTIONS if f.name != "method"])
 
 @torch.no_grad()
 def evaluate_method(
-    predict: Predict, data: MMHCLData
+    score: Scorer, data: MMHCLData
 ) -> tuple[dict[str, float | None], pa.Table, dict[str, float | None]]:
     """Accuracy on every subset (cscf_model.metrics), the per-sample rows (ROWS), and routing
     accuracies on the subsets that show a sample two or more modalities. An empty subset
@@ -49,8 +92,8 @@ def evaluate_method(
     ids, names = np.asarray(test.sample_ids, dtype=object), np.asarray(data.class_names, dtype=object)
     modalities = np.asarray(data.modalities, dtype=object)
     for sub in subsets(test.seen_by, test.available, data.modalities):
-        scores_b, dominant, u = predict([x[sub.rows] for x in test.features], sub.present)
-        pred, labels = scores_b.argmax(-1), test.labels[sub.rows]
+        pred, dominant, u = _predicted(score, sub.rows, sub.present)
+        labels = test.labels[sub.rows]
         scores[sub.name] = accuracy(pred, labels)
         if len(sub.rows) and (sub.present.sum(1) >= 2).all():
             routing[sub.name] = routing_accuracy(dominant, test.seen_by[sub.rows] & sub.present)
@@ -78,7 +121,7 @@ def subset_sizes(data: MMHCLData) -> dict[str, int]:
 
 
 @torch.no_grad()
-def routing_ceiling(model: torch.nn.Module, data: MMHCLData) -> dict[str, float | None]:
+def routing_ceiling(model: CSCF, encoded: Encoded, data: MMHCLData) -> dict[str, float | None]:
     """Accuracy when every multimodal sample is decided by the modalities that saw its
     true class (their logits averaged): what perfect routing would reach with this
     model's per-modality logits. A class no shown modality saw is decided by all of them.
@@ -87,16 +130,18 @@ def routing_ceiling(model: torch.nn.Module, data: MMHCLData) -> dict[str, float 
     for sub in subsets(test.seen_by, test.available, data.modalities):
         if not len(sub.rows) or not (sub.present.sum(1) >= 2).all():
             continue
-        logits = model([x[sub.rows] for x in test.features], sub.present).logits  # (M, n, N)
-        deciders = sub.present & test.seen_by[sub.rows]
-        deciders = torch.where(deciders.any(1, keepdim=True), deciders, sub.present).T[..., None].float()
-        fused = (logits * deciders).sum(0) / deciders.sum(0)
-        out[sub.name] = accuracy(fused.argmax(-1), test.labels[sub.rows])
+        preds = []
+        for rows, present in _chunks(sub.rows, sub.present):
+            logits = model.fuse(encoded.rows(rows), present).logits  # (M, n, N)
+            deciders = present & test.seen_by[rows]
+            deciders = torch.where(deciders.any(1, keepdim=True), deciders, present).T[..., None].float()
+            preds.append(((logits * deciders).sum(0) / deciders.sum(0)).argmax(-1))
+        out[sub.name] = accuracy(torch.cat(preds), test.labels[sub.rows])
     return out
 
 
 @torch.no_grad()
-def modality_alone(model: torch.nn.Module, data: MMHCLData) -> dict[str, float | None]:
+def modality_alone(model: CSCF, encoded: Encoded, data: MMHCLData) -> dict[str, float | None]:
     """Each modality alone on the samples that have every modality: the reference that
     fusion has to beat, next to averaging and the routing ceiling."""
     test = data.test
@@ -104,6 +149,6 @@ def modality_alone(model: torch.nn.Module, data: MMHCLData) -> dict[str, float |
     out = {}
     for m, name in enumerate(data.modalities):
         shown = torch.eye(len(data.modalities), dtype=torch.bool)[m].expand(len(rows), -1)
-        fused = model([x[rows] for x in test.features], shown).fused
-        out[name] = accuracy(fused.argmax(-1), test.labels[rows])
+        pred, _, _ = _predicted(cscf_scorer(model, encoded), rows, shown)
+        out[name] = accuracy(pred, test.labels[rows])
     return out

@@ -19,7 +19,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 
-from cscf_model import CSCF  # noqa: E402
+from cscf_model import CSCF, Encoded  # noqa: E402
 from cscf_model.calibration import SeenUnseenCurve, cosine_rule_accuracy, harmonic_mean  # noqa: E402
 
 from . import catalog  # noqa: E402
@@ -27,12 +27,13 @@ from .mmhcl_data import MMHCLData  # noqa: E402
 
 
 @torch.no_grad()
-def seen_unseen_curves(model: CSCF, data: MMHCLData) -> dict[str, SeenUnseenCurve]:
-    """Per modality name: its seen/unseen curve on the unimodal test subsets."""
+def seen_unseen_curves(encoded: Encoded, data: MMHCLData) -> dict[str, SeenUnseenCurve]:
+    """Per modality name: its seen/unseen curve on the unimodal test subsets, from the
+    model's raw logits of every test sample (tasks.scoring.encode_test)."""
     test, curves = data.test, {}
     for m, modality in enumerate(data.modalities):
         rows = test.available[:, m]
-        logits = model.modality_logits(m, test.features[m][rows]).mean(0)
+        logits = encoded.raw[m][rows]
         curves[modality] = SeenUnseenCurve.from_logits(logits, test.labels[rows], data.seen[m])
     return curves
 

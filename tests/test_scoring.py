@@ -6,9 +6,9 @@ import pytest
 import torch
 from torch import nn
 
-from cscf_model import CSCFOutput, TrainData
+from cscf_model import CSCFOutput, Encoded, TrainData
 from tasks import mmhcl_data
-from tasks.scoring import cscf_predict, evaluate_method, routing_ceiling
+from tasks.scoring import cscf_scorer, encode_test, evaluate_method, routing_ceiling
 
 # Classes 0, 1, 2; modality a saw {0, 2}, b saw {1}, c saw {2}: class 2 is seen by a and c.
 SEEN = torch.tensor([[True, False, True], [False, True, False], [False, False, True]])
@@ -22,17 +22,17 @@ LOGITS = torch.tensor([
 
 
 class HandSetModel(nn.Module):
-    """Returns LOGITS for the rows it is shown; DMSS picks modality b everywhere (lowest u)."""
+    """Encodes a sample as its LOGITS; DMSS picks modality b everywhere (lowest u)."""
 
-    def forward(
-        self, features: list[torch.Tensor], present: torch.Tensor, fusion: str | None = None, router: str | None = None
-    ) -> CSCFOutput:
+    def encode_for_scoring(self, features: list[torch.Tensor]) -> Encoded:
         rows = features[0][:, 0].long()  # the test set stores each sample's row index as its feature
-        logits = LOGITS[:, rows]
-        u = torch.tensor([1.0, 0.0, 2.0])[:, None].expand(3, len(rows)).masked_fill(~present.T, torch.inf)
+        return Encoded(LOGITS[:, rows], None, None)
+
+    def fuse(self, enc: Encoded, present: torch.Tensor, fusion: str | None = None, router: str | None = None) -> CSCFOutput:
+        n = enc.raw.shape[1]
+        u = torch.tensor([1.0, 0.0, 2.0])[:, None].expand(3, n).masked_fill(~present.T, torch.inf)
         dominant = u.argmin(0)
-        fused = logits[dominant, torch.arange(len(rows))]
-        return CSCFOutput(logits[:, None], logits, u, dominant, fused)
+        return CSCFOutput(None, torch.zeros_like(enc.raw), enc.raw, u, dominant, enc.raw[dominant, torch.arange(n)])
 
 
 def _data() -> mmhcl_data.MMHCLData:
@@ -43,7 +43,8 @@ def _data() -> mmhcl_data.MMHCLData:
 
 
 def test_routing_ceiling_averages_the_modalities_that_saw_the_true_class() -> None:
-    ceiling = routing_ceiling(HandSetModel(), _data())
+    model, data = HandSetModel(), _data()
+    ceiling = routing_ceiling(model, encode_test(model, data), data)
     # s0 (class 0, seen by a): a alone -> 0, right. s1 (class 1, seen by b): b alone -> 1, right.
     # s2 (class 2, seen by a and c): mean of a and c = [1.5, 0, 1.5] -> tie, argmax takes class 0: wrong.
     assert ceiling["all"] == pytest.approx(200 / 3)
@@ -52,6 +53,7 @@ def test_routing_ceiling_averages_the_modalities_that_saw_the_true_class() -> No
 
 
 def test_routing_accuracy_counts_any_modality_that_saw_the_class() -> None:
-    _, _, routing = evaluate_method(cscf_predict(HandSetModel(), "csmf"), _data())
+    model, data = HandSetModel(), _data()
+    _, _, routing = evaluate_method(cscf_scorer(model, encode_test(model, data), "csmf"), data)
     # b dominates every sample: right only for s1 (class 1); s2's class was seen by a and c, not b.
     assert routing["all"] == pytest.approx(100 / 3)
