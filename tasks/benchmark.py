@@ -96,7 +96,7 @@ mean; AUSUC: area under the seen/unseen curve (percent); cosine rule: training-f
 def make_figures(workspace: Path, keys: dict[str, str], out_dir: Path, max_k: int = 8) -> dict[str, str]:
     """Figure 4 and Figure 7 from one seed's trained CSCF, and that seed's seen/unseen
     curves; returns names -> relative paths."""
-    data = load_mmhcl(workspace, keys["features"], keys["split"], keys["class_embeddings"])
+    data = load_mmhcl(workspace, keys["features"], keys["split"], keys["class_embeddings"], parts=("test",))
     state = torch.load(catalog.stage_output(workspace, "train", keys["train[CSCF]"], ".pt"), weights_only=True)
     model = model_from_checkpoint(state).eval()
     n_seen = int(data.seen.sum(1).min())

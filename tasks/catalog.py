@@ -131,12 +131,15 @@ def atomic_path(path: Path) -> Iterator[Path]:
             tmp_path.unlink()
 
 
-# Parquet layout, chosen for DuckDB over a million 512-d feature rows (benchmarks/duckdb_queries.py):
-# row groups of 64Ki rows, because DuckDB scans a file's row groups in parallel and pyarrow's
-# default (1Mi rows) makes such a file one group on one core; dictionaries for the string
-# columns only (float vectors never repeat, so trying one for them wastes the writer's time);
-# Snappy, pyarrow's default, kept: random float bytes do not compress, and reading is no slower.
-ROW_GROUP_ROWS = 65_536
+# Parquet layout, chosen for DuckDB over a million 512-d feature rows (benchmarks/duckdb_queries.py)
+# and for reading 1x VGGSound-size features in bounded memory (benchmarks/scale.py): row groups of
+# 16Ki rows, because DuckDB scans a file's row groups in parallel (pyarrow's default of 1Mi rows
+# makes such a file one group on one core; the cosine query is 1.06 s at 64Ki rows, 0.86 s at
+# 16Ki) and decoding one row group of list<float> briefly takes ~5x its size (values, levels,
+# buffers: 1 GB for a 64Ki-row group of 1024-d vectors); dictionaries for the string columns
+# only (float vectors never repeat, so trying one for them wastes the writer's time); Snappy,
+# pyarrow's default, kept: random float bytes do not compress, and reading is no slower.
+ROW_GROUP_ROWS = 16_384
 
 
 def _dictionary_columns(schema: pa.Schema) -> list[str]:
@@ -149,6 +152,13 @@ def write_table(table: pa.Table, path: Path, schema: pa.Schema) -> Path:
     with atomic_path(path) as tmp:
         pq.write_table(table, tmp, row_group_size=ROW_GROUP_ROWS, use_dictionary=_dictionary_columns(schema))
     return Path(path)
+
+
+def release_unused_memory() -> None:
+    """Return the pages Arrow's allocator keeps for reuse to the OS. After a big Parquet read
+    they stay resident (1.4 GB after streaming 1x VGGSound's features) while PyTorch, which
+    cannot reuse them, allocates its own."""
+    pa.default_memory_pool().release_unused()
 
 
 def vector_column(matrix: np.ndarray) -> pa.ListArray:

@@ -15,6 +15,7 @@ from typing import Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
+import pyarrow.parquet as pq
 import torch
 
 from cscf_model import TrainData
@@ -45,15 +46,22 @@ class MMHCLData:
         return [x.shape[1] for x in self.train.features]
 
 
-def load_mmhcl(workspace: Path, features_key: str, split_key: str, embeddings_key: str) -> MMHCLData:
-    """Join features, split and class embeddings into tensors.
+def load_mmhcl(
+    workspace: Path, features_key: str, split_key: str, embeddings_key: str, parts: Sequence[str] = ("train", "test")
+) -> MMHCLData:
+    """Join features, split and class embeddings into tensors: the train and/or test `parts`
+    (the other is left empty: training never reads the test set, evaluation never the
+    training set).
 
-    Columnar (pyarrow compute, NumPy) with no per-row Python: at VGGSound's size (400k
-    feature rows) a per-row join and `np.stack` of row lists took most of the stage."""
+    Columnar (pyarrow compute, NumPy) with no per-row Python, and the vectors streamed a
+    batch at a time into the tensors: at VGGSound's size (400k feature rows, 1.2 GB of
+    vectors) a per-row join took most of the stage, and holding the whole features table
+    next to the tensors doubled the stage's memory."""
     classes = catalog.read_table(catalog.stage_output(workspace, "split", split_key, ".classes.parquet")).to_pandas()
     samples = catalog.read_table(catalog.stage_output(workspace, "split", split_key, ".samples.parquet"))
     emb = catalog.read_table(catalog.stage_output(workspace, "class_embeddings", embeddings_key)).to_pandas()
-    feats = catalog.read_table(catalog.stage_output(workspace, "features", features_key))
+    features = catalog.stage_output(workspace, "features", features_key)
+    meta = pq.read_table(features, columns=["sample_id", "class_name", "modality"])
 
     grid = classes.pivot(index="class_name", columns="role", values="seen")
     class_names = list(dict.fromkeys(classes["class_name"]))
@@ -61,34 +69,74 @@ def load_mmhcl(workspace: Path, features_key: str, split_key: str, embeddings_ke
     emb = emb.set_index("class_name").loc[class_names]
     class_emb = torch.tensor(np.stack(emb["vector"].to_numpy()), dtype=torch.float32)
     seen = torch.tensor(grid.loc[class_names].to_numpy(dtype=bool).T)  # (M, N), roles in order
-    class_of = _positions(feats["class_name"], class_names)
-    modality_of = _positions(feats["modality"], modalities)
+    class_of = _positions(meta["class_name"], class_names)
+    modality_of = _positions(meta["modality"], modalities)
     sample_split = np.asarray(samples["split"].to_pylist() + [None], dtype=object)
-    split = sample_split[_positions(feats["sample_id"], samples["sample_id"])]  # -1 (not in the split) -> None
+    split = sample_split[_positions(meta["sample_id"], samples["sample_id"])]  # -1 (not in the split) -> None
 
-    train_x, train_y = [], []
+    # Where each feature row goes: its row in its modality's training matrix, and its row
+    # in the test matrices (-1: nowhere).
+    train_dest, train_sizes = np.full(len(meta), -1, dtype=np.int64), []
     for m in range(len(modalities)):
         keep = (modality_of == m) & (split == "train") & (class_of >= 0)
         keep[keep] = seen[m, torch.from_numpy(class_of[keep])].numpy()
-        train_x.append(_matrix(feats["vector"].filter(keep)))
-        train_y.append(torch.from_numpy(class_of[keep]))
-
+        train_dest[keep] = np.arange(int(keep.sum()))
+        train_sizes.append(int(keep.sum()))
     test_ids = np.sort(np.asarray(samples["sample_id"].filter(pc.equal(samples["split"], "test")).to_pylist(), dtype=object))
+    test_pos = _positions(meta["sample_id"], test_ids)
+    test_dest = np.where((split == "test") & (test_pos >= 0), test_pos, -1)
+    if "train" not in parts:
+        train_dest, train_sizes = np.full(len(meta), -1, dtype=np.int64), [0] * len(modalities)
+    if "test" not in parts:
+        test_ids, test_dest = test_ids[:0], np.full(len(meta), -1, dtype=np.int64)
+    train_x, test_x, available = _stream_vectors(features, modality_of, len(modalities),
+                                                 (train_dest, train_sizes), (test_dest, len(test_ids)))
+    train_y = [torch.from_numpy(class_of[(modality_of == m) & (train_dest >= 0)]) for m in range(len(modalities))]
+
     test_class = samples["class_name"].take(_positions(pa.array(test_ids, pa.string()), samples["sample_id"]))
     labels = torch.from_numpy(_positions(test_class, class_names))
-    test_pos = _positions(feats["sample_id"], test_ids)
-    test_x, available = [], torch.zeros(len(test_ids), len(modalities), dtype=torch.bool)
-    for m in range(len(modalities)):
-        keep = (modality_of == m) & (split == "test") & (test_pos >= 0)
-        x = torch.zeros(len(test_ids), train_x[m].shape[1])
-        where = torch.from_numpy(test_pos[keep])
-        if len(where):
-            x[where] = _matrix(feats["vector"].filter(keep))
-        available[where, m] = True
-        test_x.append(x)
     seen_by = seen[:, labels].T
     return MMHCLData(class_names, modalities, class_emb, seen, TrainData(train_x, train_y),
                      TestSet(test_ids.tolist(), labels, seen_by, test_x, available))
+
+
+def _stream_vectors(
+    path: Path, modality_of: np.ndarray, n_modalities: int, train: tuple[np.ndarray, list[int]],
+    test: tuple[np.ndarray, int],
+) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
+    """Training matrices (n_m, d_m) per modality, test matrices (n_test, d_m) (zeros where a
+    sample lacks the modality) and the test set's availability (n_test, M), filled from the
+    features file one record batch at a time. train/test: each feature row's destination
+    row (-1: not used) and the number of rows."""
+    (train_dest, train_sizes), (test_dest, n_test) = train, test
+    train_x: list[torch.Tensor | None] = [None] * n_modalities
+    test_x: list[torch.Tensor | None] = [None] * n_modalities
+    available = torch.zeros(n_test, n_modalities, dtype=torch.bool)
+    start = 0
+    for batch in pq.ParquetFile(path).iter_batches(batch_size=catalog.ROW_GROUP_ROWS, columns=["vector"]):
+        rows = slice(start, start + len(batch))
+        start += len(batch)
+        vectors = batch.column(0)
+        for m in np.unique(modality_of[rows]):
+            if m < 0:
+                continue
+            mine = modality_of[rows] == m
+            for dest, out, size in ((train_dest[rows], train_x, train_sizes[m]), (test_dest[rows], test_x, n_test)):
+                want = mine & (dest >= 0)
+                if not want.any():
+                    continue
+                x = _matrix(vectors.filter(pa.array(want)))
+                if out[m] is None:
+                    out[m] = torch.zeros(size, x.shape[1])
+                out[m][torch.from_numpy(dest[want])] = x
+            available[torch.from_numpy(test_dest[rows][mine & (test_dest[rows] >= 0)]), int(m)] = True
+    dims = [next((x.shape[1] for x in (a, b) if x is not None), None) for a, b in zip(train_x, test_x)]
+    if None in dims:
+        raise ValueError(f"{path}: modality {dims.index(None)} has no rows to learn its vector length from")
+    catalog.release_unused_memory()
+    train_x = [torch.zeros(0, d) if x is None else x for x, d in zip(train_x, dims)]
+    test_x = [torch.zeros(n_test, d) if x is None else x for x, d in zip(test_x, dims)]
+    return train_x, test_x, available
 
 
 def _positions(values: pa.ChunkedArray | pa.Array, among: Sequence[str] | pa.ChunkedArray | np.ndarray) -> np.ndarray:
@@ -98,8 +146,7 @@ def _positions(values: pa.ChunkedArray | pa.Array, among: Sequence[str] | pa.Chu
     return found.fill_null(-1).to_numpy().astype(np.int64)
 
 
-def _matrix(vectors: pa.ChunkedArray) -> torch.Tensor:
+def _matrix(vectors: pa.Array) -> torch.Tensor:
     """Equal-length float lists as an (n, d) float32 tensor, from the flat values buffer."""
-    flat = vectors.combine_chunks()
-    values = flat.flatten().to_numpy()
-    return torch.from_numpy(values.reshape(len(flat), -1).astype(np.float32, copy=True))
+    values = vectors.flatten().to_numpy()
+    return torch.from_numpy(values.reshape(len(vectors), -1).astype(np.float32, copy=True))

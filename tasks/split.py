@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pyarrow as pa
+import pyarrow.parquet as pq
 
 from . import catalog
 from .features import InputError, read_classes
@@ -164,7 +165,7 @@ def build_split(
 ) -> None:
     """Write `<key>.classes.parquet` (class, modality, seen), `<key>.seen.csv` and `<key>.samples.parquet`."""
     path = catalog.stage_output(workspace, "features", features_key)
-    rows = catalog.read_table(path).select(["sample_id", "class_name", "modality", "split"]).to_pandas()
+    rows = pq.read_table(path, columns=["sample_id", "class_name", "modality", "split"]).to_pandas()
     chosen = choose_modalities(rows["modality"].unique().tolist(), modalities, str(path))
     rows = rows[rows["modality"].isin(chosen)]
     class_names = read_classes(classes)["class_name"].tolist()

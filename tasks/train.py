@@ -90,12 +90,12 @@ def build_training(
     (calibration.py) and gives the router its examples of classes a modality never saw
     (router.py).
     """
-    data = load_mmhcl(workspace, features_key, split_key, embeddings_key)
+    data = load_mmhcl(workspace, features_key, split_key, embeddings_key, parts=("train",))
     cfg = TrainConfig(**train_config)
     torch.manual_seed(cfg.seed)  # the initial weights too are a function of the seed
     aligned = text_aligned(data.train, data.class_emb)
-    make_model = lambda seen: create_model(  # noqa: E731
-        method, data.input_dims, data.class_emb, seen, aligned, **model_overrides)
+    dims, class_emb, sizes = data.input_dims, data.class_emb, [len(y) for y in data.train.labels]
+    make_model = lambda seen: create_model(method, dims, class_emb, seen, aligned, **model_overrides)  # noqa: E731
     model = make_model(data.seen)
     partial = _partial_dir(workspace, key)
     main, calibration = Checkpoints(partial), Checkpoints(partial / "calibration")
@@ -113,6 +113,8 @@ def build_training(
         with epoch_progress(f"{method} calibration training", cfg.epochs, log, resume, calibration.save) as on_epoch_end:
             pseudo = train_pseudo_unseen(make_model, data.train, data.seen, cfg, c.calibration_holdout,
                                          resume=resume, on_epoch_end=on_epoch_end)
+    modalities, class_names = data.modalities, data.class_names
+    del data  # the pseudo-unseen split holds what the margins and the router read: free the rest
     if c.calibration == "stacking":
         margins = choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, c.calibration_criterion,
                                  c.calibration_max_seen_drop)
@@ -124,12 +126,12 @@ def build_training(
         final["model"].update({f"router.{k}": v for k, v in router.state_dict().items()})
         log.info("%s: learned router fitted on training data (gates read logits: %s)", method,
                  [gate.reads_logits for gate in router.gates])
-    final["modalities"] = data.modalities
-    final["class_names"] = data.class_names
+    final["modalities"] = modalities
+    final["class_names"] = class_names
     _save(final, catalog.stage_output(workspace, "train", key, ".pt"))
     shutil.rmtree(partial, ignore_errors=True)
     log.info("%s: trained %d epochs on %s samples, final loss %.4f", method, cfg.epochs,
-             [len(y) for y in data.train.labels], losses[-1])
+             sizes, losses[-1])
 
 
 def _resumed(checkpoints: Checkpoints, method: str, what: str, epochs: int) -> dict[str, Any] | None:
