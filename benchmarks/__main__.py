@@ -3,7 +3,7 @@
 Each ratio compares the project's code with a baseline measured in the same run, on
 the same machine, with the same data (CONTRACTS section 2). `--only train,duckdb` runs
 some of the parts. `scale` runs the pipeline's stages on a VGGSound-size synthetic
-dataset (1/16 of it by default, the growth table up to 1x with --full) and prints the
+dataset (1/64 and 1/16 of it by default, up to 1x with --full) and prints the
 growth table on stderr; `python -m benchmarks.gpu` is the GPU check (README).
 """
 
