@@ -106,17 +106,19 @@ def _stream_vectors(
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Training matrices (n_m, d_m) per modality, test matrices (n_test, d_m) (zeros where a
     sample lacks the modality) and the test set's availability (n_test, M), filled from the
-    features file one record batch at a time. train/test: each feature row's destination
+    features file one row group at a time. train/test: each feature row's destination
     row (-1: not used) and the number of rows."""
     (train_dest, train_sizes), (test_dest, n_test) = train, test
     train_x: list[torch.Tensor | None] = [None] * n_modalities
     test_x: list[torch.Tensor | None] = [None] * n_modalities
     available = torch.zeros(n_test, n_modalities, dtype=torch.bool)
-    start = 0
-    for batch in pq.ParquetFile(path).iter_batches(batch_size=catalog.ROW_GROUP_ROWS, columns=["vector"]):
-        rows = slice(start, start + len(batch))
-        start += len(batch)
-        vectors = batch.column(0)
+    start, parquet = 0, pq.ParquetFile(path)
+    # Row group by row group, released after each: ParquetFile.iter_batches held 1.6 GB while
+    # streaming 1x VGGSound's 1.2 GB of vectors, this 0.3 GB.
+    for group in range(parquet.num_row_groups):
+        vectors = parquet.read_row_group(group, columns=["vector"], use_threads=False).column(0).combine_chunks()
+        rows = slice(start, start + len(vectors))
+        start += len(vectors)
         for m in np.unique(modality_of[rows]):
             if m < 0:
                 continue
@@ -130,10 +132,11 @@ def _stream_vectors(
                     out[m] = torch.zeros(size, x.shape[1])
                 out[m][torch.from_numpy(dest[want])] = x
             available[torch.from_numpy(test_dest[rows][mine & (test_dest[rows] >= 0)]), int(m)] = True
+        del vectors
+        catalog.release_unused_memory()
     dims = [next((x.shape[1] for x in (a, b) if x is not None), None) for a, b in zip(train_x, test_x)]
     if None in dims:
         raise ValueError(f"{path}: modality {dims.index(None)} has no rows to learn its vector length from")
-    catalog.release_unused_memory()
     train_x = [torch.zeros(0, d) if x is None else x for x, d in zip(train_x, dims)]
     test_x = [torch.zeros(n_test, d) if x is None else x for x, d in zip(test_x, dims)]
     return train_x, test_x, available
