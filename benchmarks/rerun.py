@@ -169,7 +169,9 @@ def prompt_change_rerun(command: list[str], workspace: Path, prompt: Path) -> di
     """A rerun after the description prompt changed: its wall time against the own work of
     the stages it recomputes (descriptions and everything downstream of them)."""
     changed = [*command, "--offline-template", str(prompt)]
-    own_s, recomputed = own_work_s(changed, workspace)
+    # Best of 2: the first in-process run also pays imports and the text encoder's loading,
+    # which the second (and the server case, measured after it) does not.
+    own_s, recomputed = min(own_work_s(changed, workspace) for _ in range(2))
     wall, cpu, stdout = _timed(changed)
     states = _stage_states(stdout)
     cached = {k for k, v in states.items() if v == "Cached"}

@@ -10,7 +10,8 @@ Gate (per modality m): g_m(x) = P(class of x in S_m | x_m), a logistic regressio
   - two distances in m's standardised input space, both small for samples of classes m
     saw: the Mahalanobis distance to the nearest seen-class mean (shared covariance,
     shrunk towards a scaled identity so it is invertible with fewer samples than
-    dimensions) and the mean Euclidean distance to the k nearest training samples;
+    dimensions) and the mean Euclidean distance to the k nearest training samples (among
+    at most BANK_SIZE of them, the same number per class);
   - optionally the model's best seen-class logit and its gap to the best unseen one,
     read from the pseudo-unseen model calibrated stacking trains (fit_router_with_logits).
 It is fitted on held-out samples of pseudo-seen classes (label 1) and of pseudo-unseen
