@@ -98,8 +98,9 @@ def build_evaluation(
         # The model's logits (and gate logits) of every test sample, computed once: its methods
         # and the subsets differ only in the presence masks and fusion applied to them.
         encoded = encode_test(model, data)
-        for method in [m for m, (name, _, _) in METHODS.items() if name == model_name]:
-            _, fusion, router = METHODS[method]
+        for method, (name, fusion, router) in METHODS.items():
+            if name != model_name:
+                continue
             scores, rows, routing = evaluate_method(cscf_scorer(model, encoded, fusion, router), data)
             methods[method], predictions[method] = scores, with_method(rows, method)
             for name, who in (("dmss", "B+O+D"), ("router", "CSCF")):

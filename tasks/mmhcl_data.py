@@ -54,7 +54,7 @@ def load_mmhcl(
     training set).
 
     Columnar (pyarrow compute, NumPy) with no per-row Python, and the vectors streamed a
-    batch at a time into the tensors: at VGGSound's size (400k feature rows, 1.2 GB of
+    row group at a time into the tensors: at VGGSound's size (400k feature rows, 1.2 GB of
     vectors) a per-row join took most of the stage, and holding the whole features table
     next to the tensors doubled the stage's memory."""
     classes = catalog.read_table(catalog.stage_output(workspace, "split", split_key, ".classes.parquet")).to_pandas()
@@ -75,20 +75,17 @@ def load_mmhcl(
     split = sample_split[_positions(meta["sample_id"], samples["sample_id"])]  # -1 (not in the split) -> None
 
     # Where each feature row goes: its row in its modality's training matrix, and its row
-    # in the test matrices (-1: nowhere).
-    train_dest, train_sizes = np.full(len(meta), -1, dtype=np.int64), []
-    for m in range(len(modalities)):
+    # in the test matrices (-1: nowhere, or a part not asked for).
+    train_dest, train_sizes = np.full(len(meta), -1, dtype=np.int64), [0] * len(modalities)
+    for m in range(len(modalities) if "train" in parts else 0):
         keep = (modality_of == m) & (split == "train") & (class_of >= 0)
         keep[keep] = seen[m, torch.from_numpy(class_of[keep])].numpy()
-        train_dest[keep] = np.arange(int(keep.sum()))
-        train_sizes.append(int(keep.sum()))
+        train_sizes[m] = int(keep.sum())
+        train_dest[keep] = np.arange(train_sizes[m])
     test_ids = np.sort(np.asarray(samples["sample_id"].filter(pc.equal(samples["split"], "test")).to_pylist(), dtype=object))
+    test_ids = test_ids if "test" in parts else test_ids[:0]
     test_pos = _positions(meta["sample_id"], test_ids)
     test_dest = np.where((split == "test") & (test_pos >= 0), test_pos, -1)
-    if "train" not in parts:
-        train_dest, train_sizes = np.full(len(meta), -1, dtype=np.int64), [0] * len(modalities)
-    if "test" not in parts:
-        test_ids, test_dest = test_ids[:0], np.full(len(meta), -1, dtype=np.int64)
     train_x, test_x, available = _stream_vectors(features, modality_of, len(modalities),
                                                  (train_dest, train_sizes), (test_dest, len(test_ids)))
     train_y = [torch.from_numpy(class_of[(modality_of == m) & (train_dest >= 0)]) for m in range(len(modalities))]
