@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
-from tasks.catalog import write_json
+from tasks.store.catalog import write_json
 
 from . import duckdb_queries, extraction, predict, rerun, scale, train
 

@@ -1,7 +1,7 @@
 """DuckDB over the cached features: the two queries a user runs most, timed on a big table.
 
 A features Parquet file of N long-form rows (512-d, FEATURES schema) is written into a
-temporary workspace, and the queries go through `tasks.query.connect`'s views exactly
+temporary workspace, and the queries go through `tasks.store.query.connect`'s views exactly
 as `cscf query` runs them: per-class sample counts per modality (README's pivot), and
 the 10 rows nearest one vector by cosine similarity. The nearest-neighbour query is
 also timed as NumPy does it on the same file (read the Parquet, normalise, one
@@ -22,8 +22,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from tasks import catalog
-from tasks.query import connect
+from tasks.store import catalog
+from tasks.store.query import connect
 
 DIM, CLASSES, K = 512, 32, 10
 MODALITIES = ("audio", "video")

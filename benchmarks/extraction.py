@@ -23,9 +23,9 @@ from typing import Callable
 import pandas as pd
 import torch
 
-from tasks.catalog import REPO_ROOT
-from tasks.extract import AUDIO, VIDEO, ExtractSettings, extract_features, modality_pipeline
-from tasks.media_encoders import AudioEncoderSpec, ImageEncoderSpec
+from benchmarks import REPO_ROOT
+from tasks.ingest.extract import AUDIO, VIDEO, ExtractSettings, extract_features, modality_pipeline
+from tasks.encoders.media_encoders import AudioEncoderSpec, ImageEncoderSpec
 
 # The clip writer of the tests, imported as pytest does: a third-party wheel in the
 # environment ships a top-level `tests` package that hides ours.

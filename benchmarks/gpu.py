@@ -28,9 +28,9 @@ import pyarrow.compute as pc
 import torch
 
 from cscf_model import TrainConfig, TrainData, create_model, train
-from cscf_model.trainer import _epoch_batches, _step_batch
-from tasks.mmhcl_data import MMHCLData, TestSet
-from tasks.scoring import cscf_predict, evaluate_method, on_test
+from cscf_model.trainer import epoch_indices, step_batch
+from tasks.training.mmhcl_data import MMHCLData, TestSet
+from tasks.evaluation.scoring import cscf_predict, evaluate_method, on_test
 
 from .scale_data import ScaleSize, scale_tables
 
@@ -90,8 +90,8 @@ def bare_seconds(data: MMHCLData, cfg: TrainConfig) -> float:
     epochs = []
     for epoch in range(cfg.epochs):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        epochs.append([_step_batch(data.train, list(idx), device)
-                       for idx in zip(*_epoch_batches(data.train, cfg.batch_size, generator))])
+        epochs.append([step_batch(data.train, list(idx), device)
+                       for idx in zip(*epoch_indices(data.train, cfg.batch_size, generator))])
     model = _model(data, cfg.seed)
     model.fit_input_stats(data.train.features)
     model.to(device).train()

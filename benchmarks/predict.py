@@ -1,4 +1,4 @@
-"""Prediction: `cscf predict`'s streaming (tasks.predict.predict_file) against the bare forward.
+"""Prediction: `cscf predict`'s streaming (tasks.serving.predict.predict_file) against the bare forward.
 
 Throughput: both score the same samples (both modalities, a third with one only) with
 the same model folder; the bare forward gets its tensors in memory, batch by batch,
@@ -30,8 +30,8 @@ import pyarrow.parquet as pq
 import torch
 
 from cscf_model import create_model
-from tasks.model_file import load_model, save_model
-from tasks.predict import BATCH_ROWS, predict_file
+from tasks.store.model_file import load_model, save_model
+from tasks.serving.predict import BATCH_ROWS, predict_file
 
 DIMS = (64, 48)
 CLASSES = 32
@@ -111,8 +111,8 @@ def _throughput(folder: Path, samples: int) -> dict[str, float]:
 _CHILD = """
 import json, resource, sys
 from pathlib import Path
-from tasks.model_file import load_model
-from tasks.predict import predict_file
+from tasks.store.model_file import load_model
+from tasks.serving.predict import predict_file
 trained = load_model(Path(sys.argv[1]))
 loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 tally = predict_file(trained, Path(sys.argv[2]), Path(sys.argv[3]))

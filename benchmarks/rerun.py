@@ -26,7 +26,7 @@ import urllib.request
 from pathlib import Path
 from typing import Iterator
 
-from tasks.catalog import REPO_ROOT
+from benchmarks import REPO_ROOT
 
 # The tests' tiny dataset, imported as pytest does: a third-party wheel in the
 # environment ships a top-level `tests` package that hides ours.
@@ -76,9 +76,9 @@ def floor_command(workspace: Path) -> list[str]:
 
 def floor(workspace: str) -> None:
     """The floor's subprocess: the CLI's Prefect environment, its imports, a trivial flow."""
-    from flows import cli
+    from flows import cli, runtime  # noqa: F401  (cli: the imports `cscf` pays)
 
-    cli._prefect_env(workspace)
+    runtime.prefect_env(workspace)
     import flows.pipeline  # noqa: F401  (torch, the model, every stage: what `cscf run` imports)
     from prefect import flow, task
 
@@ -146,7 +146,7 @@ def own_work_s(command: list[str], workspace: Path) -> tuple[float, list[str]]:
     seconds: dict[str, float] = {}
 
     class Timed(Wiring):
-        def _call(self, task: object, refresh: bool = False, **kwargs: object) -> str:
+        def call(self, task: object, refresh: bool = False, **kwargs: object) -> str:
             stage, params = STAGES[task.name], {"workspace": self.params.workspace, **kwargs}
             built = stage.is_built(self.params.workspace, stage.key(params))
             began = time.perf_counter()
@@ -159,9 +159,9 @@ def own_work_s(command: list[str], workspace: Path) -> tuple[float, list[str]]:
     with tempfile.TemporaryDirectory() as tmp:
         copy = Path(tmp) / "workspace"
         shutil.copytree(workspace, copy, ignore=shutil.ignore_patterns(".prefect", ".prefect-results", ".locks"))
-        args = cli._parser().parse_args(command[3:])
+        args = cli.parser().parse_args(command[3:])
         args.workspace, args.out = str(copy), None
-        Timed(cli._params(args)).evaluate
+        Timed(cli.pipeline_params(args)).evaluate
     return sum(seconds.values()), list(seconds)
 
 

@@ -25,7 +25,7 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-from tasks.catalog import REPO_ROOT
+from benchmarks import REPO_ROOT
 
 from .scale_data import AUDIO_DIM, CLASSES, VIDEO_DIM, ScaleSize, write_scale_dataset
 
@@ -80,7 +80,7 @@ def measure_pipeline(features: Path, classes: Path, workspace: Path, epochs: int
     costs: dict[str, StageCost] = {}
 
     class Measured(Wiring):
-        def _call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
+        def call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
             label = f"{task.name}[{kwargs['method']}]" if "method" in kwargs else task.name
             key, costs[label] = run_stage_process(task.name, {"workspace": self.params.workspace, **kwargs})
             print(f"scale: {label} {costs[label].seconds:.1f} s, peak {costs[label].peak_mb:.0f} MiB",

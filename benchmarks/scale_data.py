@@ -1,7 +1,7 @@
 """A synthetic dataset of VGGSound-GZSL's size with the embedded default's class structure.
 
 VGGSound-GZSL has 271 classes, 1024-d CLAP audio and 512-d CLIP video features and
-about 150 thousand training clips. The default dataset (tasks/default_dataset.py) has
+about 150 thousand training clips. The default dataset (tasks/ingest/default_dataset.py) has
 32 classes whose centres are MiniLM embeddings of their sound and look sentences, with
 confused pairs and low-rank within-class variation. Here class k is variant k // 32 of
 default class k % 32: its text centre is the default's, moved a fixed random step
@@ -24,7 +24,7 @@ from typing import Iterator
 import numpy as np
 import pyarrow as pa
 
-from tasks import catalog
+from tasks.store import catalog
 
 CLASSES, AUDIO_DIM, VIDEO_DIM = 271, 1024, 512
 FULL_TRAIN, FULL_TEST = 150_000, 50_000  # clips, each seen through audio and video
@@ -57,7 +57,7 @@ class ScaleSize:
 
 def class_names() -> list[str]:
     """`<default class> <variant>` for 271 classes; variant 0 keeps the default's name."""
-    from tasks.default_dataset import default_classes_path, read_generator_classes
+    from tasks.ingest.default_dataset import default_classes_path, read_generator_classes
 
     base = read_generator_classes(default_classes_path()).names
     return [base[k % len(base)] + ("" if k < len(base) else f" {k // len(base)}") for k in range(CLASSES)]
@@ -66,14 +66,14 @@ def class_names() -> list[str]:
 def text_centres(seed: int = 0) -> dict[str, np.ndarray]:
     """Per recipe, the (271, 384) text centres: the default's (MiniLM, confused pairs drawn
     together), each variant moved VARIANT_STEP away along a seeded random direction."""
-    from tasks.default_dataset import (
-        RECIPES, _draw_together, _text_centres, default_classes_path, read_generator_classes)
+    from tasks.ingest.default_dataset import (
+        RECIPES, draw_together, text_centres_of, default_classes_path, read_generator_classes)
 
     classes = read_generator_classes(default_classes_path())
     rng = np.random.default_rng([seed, 7])
     out = {}
     for recipe in RECIPES:
-        base = _draw_together(_text_centres(tuple(classes.texts[recipe.text_column])), classes.names, recipe)
+        base = draw_together(text_centres_of(tuple(classes.texts[recipe.text_column])), classes.names, recipe)
         base = base / np.linalg.norm(base, axis=1, keepdims=True)
         k = np.arange(CLASSES)
         step = rng.standard_normal((CLASSES, base.shape[1]))
@@ -86,7 +86,7 @@ def text_centres(seed: int = 0) -> dict[str, np.ndarray]:
 def save_centres(path: Path, seed: int = 0) -> Path:
     """Class names, text centres and MiniLM class-name embeddings in one .npz, for
     generating and training where the text encoder is absent (the GPU machine)."""
-    from tasks.text_encoders import build_text_encoder
+    from tasks.encoders.text_encoders import build_text_encoder
 
     names = class_names()
     np.savez(path, names=np.array(names), class_emb=build_text_encoder("minilm").encode(names), **text_centres(seed))
@@ -96,7 +96,7 @@ def save_centres(path: Path, seed: int = 0) -> Path:
 def scale_tables(size: ScaleSize, centres_file: Path | None = None, seed: int = 0) -> Iterator[pa.Table]:
     """The dataset in FEATURES form, CHUNK clips at a time (an audio and a video row each).
     Same seed and size, same rows."""
-    from tasks.default_dataset import AUDIO, VIDEO, _class_geometry, _draw_samples
+    from tasks.ingest.default_dataset import AUDIO, VIDEO, class_geometry, draw_samples
 
     if centres_file is not None:
         saved = np.load(centres_file)
@@ -105,7 +105,7 @@ def scale_tables(size: ScaleSize, centres_file: Path | None = None, seed: int = 
         names, centres = class_names(), text_centres(seed)
     recipes = (replace(AUDIO, dim=AUDIO_DIM), replace(VIDEO, dim=VIDEO_DIM))
     geometry_rng = np.random.default_rng([seed, 0])
-    geometry = {r.name: _class_geometry(r, centres[r.name], geometry_rng) for r in recipes}
+    geometry = {r.name: class_geometry(r, centres[r.name], geometry_rng) for r in recipes}
     per_class = size.train_per_class + size.test_per_class
     labels = np.repeat(np.arange(CLASSES), per_class)
     is_train = np.tile(np.arange(per_class) < size.train_per_class, CLASSES)
@@ -115,7 +115,7 @@ def scale_tables(size: ScaleSize, centres_file: Path | None = None, seed: int = 
         ids = pa.array([f"clip{i:07d}" for i in range(start, start + len(y))])
         split = pa.array(np.where(is_train[start : start + len(y)], "train", "test"))
         for recipe in recipes:
-            vectors = _draw_samples(recipe, *geometry[recipe.name], y, sample_rng)
+            vectors = draw_samples(recipe, *geometry[recipe.name], y, sample_rng)
             yield pa.table({
                 "sample_id": ids,
                 "class_name": pa.array(np.asarray(names, dtype=object)[y]),

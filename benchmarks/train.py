@@ -23,7 +23,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from cscf_model import CSCF, TrainConfig, TrainData, create_model, train
-from cscf_model.trainer import _epoch_batches, _step_batch
+from cscf_model.trainer import epoch_indices, step_batch
 
 
 @dataclass(frozen=True)
@@ -91,7 +91,7 @@ def train_bare(problem: Problem, cfg: TrainConfig) -> tuple[float, list[float]]:
     epochs = []
     for epoch in range(cfg.epochs):
         generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-        epochs.append([_step_batch(data, list(idx), cpu) for idx in zip(*_epoch_batches(data, cfg.batch_size, generator))])
+        epochs.append([step_batch(data, list(idx), cpu) for idx in zip(*epoch_indices(data, cfg.batch_size, generator))])
     model = problem.model(cfg.seed)
     began = time.perf_counter()
     model.fit_input_stats(data.features)

@@ -3,7 +3,8 @@
 from .config import MapperConfig, ModelConfig, list_models, load_config
 from .cscf import CSCF, CSCFOutput, Encoded
 from .factory import create_model, model_from_checkpoint
-from .trainer import TrainConfig, TrainData, train
+from .data import TrainData
+from .trainer import TrainConfig, train
 
 __all__ = [
     "CSCF",

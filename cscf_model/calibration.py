@@ -26,7 +26,8 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .trainer import TrainConfig, TrainData, stage_seed, train
+from .data import TrainData
+from .trainer import TrainConfig, stage_seed, train
 
 # A modality is "text-aligned" when the cosine rule on its training data is this many
 # times better than chance; random or merely same-width features stay near 1x.

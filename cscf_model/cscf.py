@@ -328,7 +328,7 @@ class CSCF(nn.Module):
     ) -> CSCFOutput:
         """The rest of the forward pass on encoded samples: calibration, routing and fusion
         under the presence mask (B, M). Scoring one test set under many masks and ablations
-        encodes it once and fuses it many times (tasks.scoring)."""
+        encodes it once and fuses it many times (tasks.evaluation.scoring)."""
         present = present.T  # (M, B)
         shown = present
         offset = self.calibration_offset(present)

@@ -46,14 +46,12 @@ unseen-class softmax mixed by g_m.
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-if TYPE_CHECKING:  # trainer imports cscf, which imports this module
-    from .trainer import TrainData
+from .data import TrainData
 
 _EPS = 1e-6
 # Fewest pseudo-unseen classes a gate on logit features is fitted from (fit_router_with_logits).

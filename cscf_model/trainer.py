@@ -17,6 +17,7 @@ from typing import Any, Callable, Iterator
 import torch
 
 from .cscf import CSCF
+from .data import TrainData
 
 
 @dataclass(frozen=True)
@@ -30,18 +31,6 @@ class TrainConfig:
     seed: int = 0
     device: str = "auto"  # "auto" picks CUDA when present, else CPU
     amp: bool = True  # bf16 autocast on CUDA; ignored on CPU
-
-
-@dataclass
-class TrainData:
-    """Per modality m: features (n_m, d_m) and labels (n_m,) of the samples it recorded.
-
-    In MMHCL each training sample is seen by exactly one modality, and only on that
-    modality's seen classes.
-    """
-
-    features: list[torch.Tensor]
-    labels: list[torch.Tensor]
 
 
 def stage_seed(seed: int, stage: str) -> int:
@@ -59,7 +48,7 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def _epoch_batches(
+def epoch_indices(
     data: TrainData, batch_size: int, generator: torch.Generator
 ) -> list[list[torch.Tensor]]:
     """Index batches per modality; the shorter modalities cycle so each step sees all."""
@@ -76,7 +65,7 @@ def _epoch_batches(
     return out
 
 
-def _step_batch(
+def step_batch(
     data: TrainData, idx: list[torch.Tensor], device: torch.device
 ) -> tuple[list[torch.Tensor], torch.Tensor, torch.Tensor]:
     """Stack one batch of every modality into a presence-masked block.
@@ -107,8 +96,8 @@ def epoch_batches(
     """
     torch.manual_seed(cfg.seed * 100_003 + epoch)
     generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
-    for idx in zip(*_epoch_batches(data, cfg.batch_size, generator)):
-        yield _step_batch(data, list(idx), device)
+    for idx in zip(*epoch_indices(data, cfg.batch_size, generator)):
+        yield step_batch(data, list(idx), device)
 
 
 def checkpoint_state(

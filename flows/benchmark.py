@@ -12,8 +12,8 @@ from typing import Any
 from prefect import flow, get_run_logger
 
 from cscf_model.baselines import BASELINES
-from tasks import catalog
-from tasks.benchmark import make_figures, render_benchmark, seed_metrics
+from tasks.store import catalog
+from tasks.evaluation.benchmark import make_figures, render_benchmark, seed_metrics
 
 from .params import PipelineParams
 from .pipeline import Wiring

@@ -1,5 +1,5 @@
 """`cscf` command line (CONTRACTS section 2): runs the flow in-process, no server needed;
-`cscf query` runs SQL over the cached stage outputs (tasks/query.py)."""
+`cscf query` runs SQL over the cached stage outputs (tasks/store/query.py)."""
 
 from __future__ import annotations
 
@@ -14,40 +14,10 @@ from typing import Sequence
 
 from pydantic import ValidationError
 
-
-def _prefect_env(workspace: str) -> None:
-    """Keep Prefect local and quiet before it is imported: no analytics, state inside the workspace."""
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    os.environ.setdefault("DO_NOT_TRACK", "1")
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "cscf")
-    if "PREFECT_API_URL" not in os.environ:
-        home = Path(os.environ.setdefault("PREFECT_HOME", str(Path(workspace).resolve() / ".prefect")))
-        home.mkdir(parents=True, exist_ok=True)
-        os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+from flows.runtime import prefect_env, start_temporary_server
 
 
-def _start_temporary_server() -> None:
-    """Start Prefect's temporary server now, one process at a time per PREFECT_HOME.
-
-    Two `cscf run` on one workspace share its Prefect database; started together, both
-    servers create the tables of a fresh database and one exits ("table ... already
-    exists"), then restarts late or times out. Holding a lock in PREFECT_HOME until the
-    server answers lets the first finish the migrations; the second then finds them done.
-    """
-    from filelock import FileLock
-    from prefect.server.api.server import SubprocessASGIServer
-    from prefect.settings import PREFECT_API_URL, PREFECT_HOME
-
-    if PREFECT_API_URL.value():  # a server of the user's (or of the tests)
-        return
-    home = Path(PREFECT_HOME.value())
-    home.mkdir(parents=True, exist_ok=True)
-    with FileLock(home / "cscf-server-start.lock"):
-        SubprocessASGIServer().start()
-
-
-def _parser() -> argparse.ArgumentParser:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="cscf", description="CSCF multimodal classification under heterogeneous category sets")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run the whole pipeline on one dataset")
@@ -59,7 +29,7 @@ def _parser() -> argparse.ArgumentParser:
     bench.add_argument("--methods", help="comma-separated baselines (default: all seven)")
     query = sub.add_parser("query", help="run SQL over the cached stage outputs (views: features, predictions, metrics, ...)")
     query.add_argument("sql", help="a DuckDB query, e.g. \"select * from metrics where method = 'CSCF'\"")
-    query.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
+    query.add_argument("--workspace", help="folder of cached stage outputs (default: ./cscf-workspace)")
     query.add_argument("--format", choices=("table", "csv", "json"), default="table")
     _predict_args(sub.add_parser("predict", help="classify new samples with DIR/model from `cscf run --out DIR`"))
     return p
@@ -74,7 +44,7 @@ def _predict_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--media-root", help="folder the manifest's paths are relative to (default: the manifest's folder)")
     p.add_argument("--classes", help="classes.csv to predict over (default: the model's); new names are added by name")
     p.add_argument("--out", required=True, help="output .parquet file (a .summary.json is written beside it)")
-    p.add_argument("--workspace", help="cache of added classes' vectors and of extractions (default: data/workspace)")
+    p.add_argument("--workspace", help="cache of added classes' vectors and of extractions (default: ./cscf-workspace)")
     p.add_argument("--top-k", type=int, default=5, help="classes listed per sample (default 5)")
     p.add_argument("--task-runner", choices=("threads", "dask"), default="threads", help="what runs one task per input file")
     p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: a local one on 127.0.0.1)")
@@ -93,7 +63,7 @@ def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--seen", help="auto (default), halves, data, or a CSV file (modality, class_name): which classes each modality saw")
     p.add_argument("--overlap", type=float, help="with --seen halves: fraction of the classes seen by every modality")
     p.add_argument("--out", default=out, help=f"output folder (default: {out})")
-    p.add_argument("--workspace", help="folder of cached stage outputs (default: data/workspace)")
+    p.add_argument("--workspace", help="folder of cached stage outputs (default: ./cscf-workspace)")
     p.add_argument("--llm", choices=("auto", "llm", "offline"), default="auto", help="description writer")
     p.add_argument("--template", help="prompt template file for the LLM")
     p.add_argument("--offline-template", help="the offline description writer's phrasings: a file, one per line, with {class_name}")
@@ -109,7 +79,7 @@ def _query(sql: str, workspace: str, fmt: str) -> int:
     """Print the result of `sql` over the workspace's views (no Prefect involved)."""
     import duckdb
 
-    from tasks.query import connect, views
+    from tasks.store.query import connect, views
 
     con = None
     try:
@@ -133,7 +103,7 @@ def _query(sql: str, workspace: str, fmt: str) -> int:
     return 0
 
 
-def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Prefect env first)
+def pipeline_params(args: argparse.Namespace):  # -> PipelineParams, imported late (Prefect env first)
     from flows.params import ExtractParams, LLMParams, PipelineParams
 
     extract = {k: v for k, v in (("clip_pretrained", args.clip_checkpoint), ("clap_checkpoint", args.clap_checkpoint)) if v}
@@ -164,13 +134,13 @@ def _params(args: argparse.Namespace):  # -> PipelineParams, imported late (Pref
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
-    from tasks.catalog import DEFAULT_WORKSPACE
+    args = parser().parse_args(argv)
+    from tasks.store.catalog import DEFAULT_WORKSPACE
 
     args.workspace = args.workspace or str(DEFAULT_WORKSPACE)
     if args.command == "query":
         return _query(args.sql, args.workspace, args.format)
-    _prefect_env(args.workspace)
+    prefect_env(args.workspace)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "sentence_transformers", "prefect.server", "uvicorn", "docket", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
@@ -180,10 +150,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "predict":
         return _predict(args)
     try:
-        params = _params(args)
+        params = pipeline_params(args)
         params.check_inputs()
         _check_user_files(params)
-        _start_temporary_server()
+        start_temporary_server()
         if args.command == "benchmark":
             return _benchmark(args, params)
         from flows.pipeline import cscf
@@ -195,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"wrote {path}")
     print("stages: " + ", ".join(f"{k}={v}" for k, v in result["states"].items()))
     if "metrics.json" in result["outputs"]:
-        from tasks.report import run_summary
+        from tasks.evaluation.report import run_summary
 
         print(run_summary(json.loads(Path(result["outputs"]["metrics.json"]).read_text()), result["outputs"]))
     return 0
@@ -226,8 +196,10 @@ class _NoUserErrorTraceback(logging.Filter):
 def _check_user_files(params) -> None:  # params: PipelineParams
     """The checks that cost little, done before Prefect starts: classes.csv, the features'
     Parquet footers, the prompt template (when an LLM writes the descriptions)."""
-    from tasks.descriptions import load_template
-    from tasks.features import check_features_file, read_classes
+    from tasks.semantics.descriptions import load_template
+    from tasks.ingest.features import check_features_file
+
+    from tasks.store.inputs import read_classes
 
     read_classes(params.classes_path())
     if params.features:

@@ -7,9 +7,9 @@ from typing import Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
-from tasks.catalog import DEFAULT_WORKSPACE
-from tasks.default_dataset import default_classes_path
-from tasks.descriptions import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE
+from tasks.store.catalog import DEFAULT_WORKSPACE
+from tasks.ingest.default_dataset import default_classes_path
+from tasks.semantics.descriptions import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE
 
 STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "evaluate")
 
@@ -97,7 +97,7 @@ class PipelineParams(BaseModel):
         return self
 
     def seen_mode(self) -> tuple[str, str | None]:
-        """(mode, seen file): `seen` names a mode of tasks.split.SEEN_MODES or a CSV file."""
+        """(mode, seen file): `seen` names a mode of tasks.training.split.SEEN_MODES or a CSV file."""
         return (self.seen, None) if self.seen in ("auto", "halves", "data") else ("file", str(Path(self.seen)))
 
     @model_validator(mode="after")

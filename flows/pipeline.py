@@ -20,9 +20,9 @@ from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 
 from cscf_model import TrainConfig
 from tasks import stages
-from tasks.descriptions import DescriptionSettings
-from tasks.evaluate import publish
-from tasks.model_file import export_model
+from tasks.semantics.descriptions import DescriptionSettings
+from tasks.evaluation.evaluate import publish
+from tasks.store.model_file import export_model
 
 from .params import STAGE_NAMES, PipelineParams
 
@@ -43,7 +43,7 @@ class Wiring:
         self.classes = params.classes_path()
         self.runs: dict[str, dict[str, str]] = {}
 
-    def _call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
+    def call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
         """Run one stage with this workspace's result storage; record its key and final state.
 
         refresh: not a cache hit even if cached (as for a stage named in params.refresh).
@@ -74,12 +74,12 @@ class Wiring:
         key, shards = stages.extraction_plan(p.workspace, **inputs)
         if shards:
             extract_shards.with_options(task_runner=task_runner(p))(workspace=p.workspace, key=key, shards=shards, **inputs)
-        return self._call(stages.extract_task, refresh=bool(shards), **inputs)
+        return self.call(stages.extract_task, refresh=bool(shards), **inputs)
 
     @cached_property
     def features(self) -> str:
         p = self.params
-        return self._call(stages.features_task, features=p.features, classes=self.classes, default_seed=0,
+        return self.call(stages.features_task, features=p.features, classes=self.classes, default_seed=0,
                           extracted=self.extract, published=p.published, published_layout=p.published_layout)
 
     @property
@@ -90,18 +90,18 @@ class Wiring:
 
     @cached_property
     def descriptions(self) -> str:
-        return self._call(stages.descriptions_task, classes=self.classes,
+        return self.call(stages.descriptions_task, classes=self.classes,
                           settings=self.params.llm.model_dump(), fingerprint=self.description_settings.cache_fields())
 
     @cached_property
     def class_embeddings(self) -> str:
-        return self._call(stages.class_embeddings_task, descriptions_key=self.descriptions, encoder=self.params.encoder)
+        return self.call(stages.class_embeddings_task, descriptions_key=self.descriptions, encoder=self.params.encoder)
 
     @cached_property
     def split(self) -> str:
         p = self.params
         seen, seen_file = p.seen_mode()
-        return self._call(stages.split_task, features_key=self.features, classes=self.classes, modalities=p.modalities,
+        return self.call(stages.split_task, features_key=self.features, classes=self.classes, modalities=p.modalities,
                           seed=p.seed, seen=seen, overlap=p.overlap, seen_file=seen_file)
 
     @property
@@ -115,7 +115,7 @@ class Wiring:
         """Training key per trained model: the ablation baseline "B", the project's "CSCF" and
         "CSCF (paper)", the paper's recipe as written (no geometry keeping, no calibration)."""
         return {
-            method: self._call(stages.train_task, features_key=self.features, split_key=self.split,
+            method: self.call(stages.train_task, features_key=self.features, split_key=self.split,
                                embeddings_key=self.class_embeddings, method=method,
                                model_overrides={"top_k": self.params.top_k} if method != "B" else {},
                                train_config=self.train_config)
@@ -124,13 +124,13 @@ class Wiring:
 
     @cached_property
     def evaluate(self) -> str:
-        return self._call(stages.evaluate_task, features_key=self.features, split_key=self.split,
+        return self.call(stages.evaluate_task, features_key=self.features, split_key=self.split,
                           embeddings_key=self.class_embeddings, trained=self.train,
                           dataset=self.params.dataset_name(), seed=self.params.seed)
 
     def baseline(self, method: str) -> str:
         """Key of one baseline's training and evaluation (`cscf benchmark`), on the same data and seed."""
-        return self._call(stages.baseline_task, features_key=self.features, split_key=self.split,
+        return self.call(stages.baseline_task, features_key=self.features, split_key=self.split,
                           embeddings_key=self.class_embeddings, method=method, train_config=self.train_config)
 
     def summary(self) -> dict[str, dict[str, str]]:

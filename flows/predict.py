@@ -10,25 +10,19 @@ under `<workspace>/predict/` for `cscf query` (view `predicted`).
 
 from __future__ import annotations
 
-import hashlib
-import json
-import shutil
 import tempfile
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
-import pyarrow as pa
-import pyarrow.parquet as pq
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, model_validator
 
-from tasks import catalog
-from tasks.model_file import META, TrainedModel, load_model
-from tasks.open_vocab import model_over_classes
-from tasks.predict import BATCH_ROWS, TOP_K, Tally, input_files, predict_file, record_batches
+from tasks.serving.outputs import concatenate, record_output, resolved_model, summary_lines, write_summary
+from tasks.serving.predict import BATCH_ROWS, TOP_K, Tally, input_files, predict_file
+from tasks.store import catalog
+from tasks.store.model_file import TrainedModel, load_model
 
 from .pipeline import task_runner
 
@@ -70,18 +64,6 @@ class PredictParams(BaseModel):
         return trained
 
 
-def resolved_model(model: str, classes: str | None, workspace: str) -> TrainedModel:
-    """The model over the requested classes, once per process and model file version
-    (the tasks of one run share it)."""
-    stamp = tuple(p.stat().st_mtime_ns for p in (Path(model) / META, Path(classes or model)))
-    return _resolved_model(model, classes, workspace, stamp)
-
-
-@lru_cache(maxsize=4)
-def _resolved_model(model: str, classes: str | None, workspace: str, stamp: tuple[int, ...]) -> TrainedModel:
-    return model_over_classes(load_model(Path(model)), Path(classes) if classes else None, Path(workspace))
-
-
 @task(name="predict_file", cache_policy=NO_CACHE, task_run_name="predict-{source}")
 def predict_file_task(model: str, classes: str | None, workspace: str, source: str, out: str, top_k: int,
                       batch_rows: int) -> Tally:
@@ -102,63 +84,27 @@ def cscf_predict(params: PredictParams) -> dict[str, Any]:
     params.check_inputs()
     trained = resolved_model(params.model, params.classes, params.workspace)
     out = Path(params.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
     sources = [str(p) for p in input_files(Path(params.features) if params.features else _extracted(params, trained))]
     if len(sources) == 1:
         tally = predict_file_task(params.model, params.classes, params.workspace, sources[0], str(out),
                                   params.top_k, params.batch_rows)
     else:
-        with tempfile.TemporaryDirectory(prefix=f".{out.name}.parts-", dir=_parent(out)) as parts:
+        with tempfile.TemporaryDirectory(prefix=f".{out.name}.parts-", dir=out.parent) as parts:
             outs = [str(Path(parts) / f"part-{i:05d}.parquet") for i in range(len(sources))]
             tallies = predict_files.with_options(task_runner=task_runner(params))(params, sources, outs)
             tally = Tally()
             for t in tallies:
                 tally.merge(t)
-            _concatenate([Path(p) for p in outs], out, params.batch_rows)
-    summary = {"model": params.model, "input": params.features or params.manifest, "output": str(out),
-               "classes": len(trained.class_names), "added_classes": trained.meta.get("added_classes", []),
-               **tally.summary()}
-    catalog.write_json(summary, out.with_suffix(".summary.json"))
-    recorded = _record(params, out)
-    for line in _summary_lines(summary):
+            concatenate([Path(p) for p in outs], out, params.batch_rows)
+    summary = write_summary(params.model, params.features or params.manifest, out, trained, tally)
+    recorded = record_output(params.model_dump(), out, Path(params.workspace))
+    for line in summary_lines(summary):
         logger.info(line)
-    create_markdown_artifact("\n".join(["# cscf predict", "", *(f"- {line}" for line in _summary_lines(summary))]),
+    create_markdown_artifact("\n".join(["# cscf predict", "", *(f"- {line}" for line in summary_lines(summary))]),
                              key=SUMMARY_ARTIFACT, description=f"cscf predict: {out}")
     return {"output": str(out), "summary": str(out.with_suffix(".summary.json")), "recorded": str(recorded),
             "samples": tally.samples, "accuracy": summary["accuracy"]}
-
-
-def _summary_lines(summary: dict[str, Any]) -> list[str]:
-    lines = [f"{summary['samples']} samples predicted over {summary['classes']} classes "
-             f"({len(summary['added_classes'])} added by name) -> {summary['output']}"]
-    for combo, acc in summary["accuracy_by_modalities"].items():
-        lines.append(f"accuracy with {combo}: {acc['accuracy']:.2f}% of {acc['samples']} labelled samples")
-    if summary["accuracy"] is not None:
-        lines.append(f"accuracy overall: {summary['accuracy']:.2f}% of {summary['labelled']} labelled samples")
-    for reason, r in summary["rejected_rows"].items():
-        lines.append(f"{r['rows']} row(s) set aside: {reason} (e.g. sample_id {r['examples']})")
-    return lines
-
-
-def _parent(out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    return out.parent
-
-
-def _concatenate(parts: list[Path], out: Path, batch_rows: int) -> None:
-    """Join the per-file outputs into one file, a record batch at a time."""
-    with catalog.batch_writer(out, catalog.PREDICTED) as write:
-        for part in parts:
-            for batch in record_batches(pq.ParquetFile(part), batch_rows, catalog.PREDICTED.names):
-                write(pa.Table.from_batches([batch]))
-
-
-def _record(params: PredictParams, out: Path) -> Path:
-    """A copy of the output under `<workspace>/predict/<key>.parquet`, for `cscf query`."""
-    key = hashlib.sha256(json.dumps(params.model_dump(), sort_keys=True).encode()).hexdigest()[:20]
-    target = catalog.stage_output(Path(params.workspace), "predict", key)
-    with catalog.atomic_path(target) as tmp:
-        shutil.copyfile(out, tmp)
-    return target
 
 
 def _extracted(params: PredictParams, trained: TrainedModel) -> Path:

@@ -16,20 +16,20 @@ from prefect import task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from . import caching
-from .caching import Stage, StageCachePolicy
-from .descriptions import build_descriptions
-from .embeddings import build_class_embeddings
-from .evaluate import SEEN_UNSEEN_PNG, build_evaluation
-from .features import build_features
-from .split import build_split
-from .extract import (
+from tasks.store import caching
+from tasks.store.caching import Stage, StageCachePolicy
+from tasks.semantics.descriptions import build_descriptions
+from tasks.semantics.embeddings import build_class_embeddings
+from tasks.evaluation.evaluate import SEEN_UNSEEN_PNG, build_evaluation
+from tasks.ingest.features import build_features
+from tasks.training.split import build_split
+from tasks.ingest.extract import (
     ExtractSettings, all_shards_present, build_extraction, build_extraction_shard, extraction_dir, read_manifest,
     shard_count, shard_path,
 )
-from .baselines import build_baseline
-from .train import build_training
-from . import catalog
+from tasks.evaluation.baselines import build_baseline
+from tasks.training.train import build_training
+from tasks.store import catalog
 
 
 def extraction_plan(workspace: str, manifest: str, media_root: str, settings: dict[str, Any]) -> tuple[str, list[int]]:
@@ -45,19 +45,19 @@ def extraction_plan(workspace: str, manifest: str, media_root: str, settings: di
 
 
 EXTRACT = Stage("extract", build_extraction, ("/_complete.json",), files=("manifest",),
-                code=("tasks.media", "tasks.media_encoders"), complete=all_shards_present)
+                code=("tasks.ingest.media", "tasks.encoders.media_encoders"), complete=all_shards_present)
 FEATURES = Stage("features", build_features, (".parquet", ".rejected.parquet"), files=("features", "classes", "published"),
-                 code=("tasks.default_dataset", "tasks.published_features"))
-DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), code=("tasks.descriptions", "tasks.llm_client"))
-CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.text_encoders",))
+                 code=("tasks.ingest.default_dataset", "tasks.ingest.published_features"))
+DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), code=("tasks.semantics.descriptions", "tasks.semantics.llm_client"))
+CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.encoders.text_encoders",))
 SPLIT = Stage("split", build_split, (".classes.parquet", ".seen.csv", ".samples.parquet"), files=("classes", "seen_file"))
-TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.mmhcl_data"))
+TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.training.mmhcl_data"))
 EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md", ".seen_unseen.png"),
-                 code=("cscf_model", "tasks.mmhcl_data", "tasks.scoring", "tasks.report", "tasks.seen_unseen",
-                       "tasks.provenance"))
+                 code=("cscf_model", "tasks.training.mmhcl_data", "tasks.evaluation.scoring", "tasks.evaluation.report", "tasks.evaluation.seen_unseen",
+                       "tasks.store.provenance"))
 BASELINE = Stage("baselines", build_baseline, (".metrics.json", ".predictions.parquet"),
                  code=("cscf_model.baselines", "cscf_model.trainer", "cscf_model.calibration", "cscf_model.config",
-                       "cscf_model.metrics", "tasks.mmhcl_data", "tasks.scoring", "tasks.text_encoders"))
+                       "cscf_model.metrics", "tasks.training.mmhcl_data", "tasks.evaluation.scoring", "tasks.encoders.text_encoders"))
 STAGES = {s.name: s for s in (EXTRACT, FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
 
 

@@ -22,7 +22,7 @@ from cscf_model.baselines.dsecn import W_DSE, W_HTE, head_noun_taxonomy, ridge_r
 from cscf_model.baselines.lmvcat import ALPHA, BETA, label_guided_loss
 from cscf_model.baselines.uvat import ENSEMBLE, category_consistency
 from cscf_model.baselines.zla import PRIOR_RATIO
-from cscf_model.trainer import TrainConfig, TrainData
+from cscf_model import TrainConfig, TrainData
 from test_baselines import one_thread  # noqa: F401  (autouse: one torch thread for tiny models)
 
 
@@ -267,7 +267,7 @@ def test_fusion_methods_have_no_margin_to_fit(three_modalities) -> None:
 
 
 def test_external_names_are_pinned_and_embedded_once_per_encoder(tmp_path, monkeypatch) -> None:
-    from tasks import baselines
+    from tasks.evaluation import baselines
 
     names = baselines.read_external_names()
     assert len(names) == 1000 and names[:2] == ["tench", "goldfish"]

@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cscf_model.baselines import BASELINES, Baseline, ExternalSemantics, create_baseline
-from cscf_model.trainer import TrainConfig, TrainData
+from cscf_model import TrainConfig, TrainData
 
 N_CLASSES, D_S, DIMS = 16, 8, (32, 24)
 ZERO_SHOT = ("ZLA", "DGZ", "DSECN")

@@ -24,10 +24,11 @@ from benchmarks import __main__ as bench
 from benchmarks import duckdb_queries, rerun, scale, scale_data, train
 from benchmarks.scale_data import ScaleSize, write_scale_dataset
 from cscf_model import TrainConfig
-from tasks.report import PAPER_TABLE1 as TABLE1, run_summary
-from tasks.features import read_classes, read_features, validate_features
-from tasks.progress import progress
-from tasks.query import connect
+from tasks.evaluation.report import PAPER_TABLE1 as TABLE1, run_summary
+from tasks.ingest.features import read_features, validate_features
+from tasks.store.inputs import read_classes
+from tasks.store.progress import progress
+from tasks.store.query import connect
 from tasks.stages import embed_figure
 from tiny_data import write_dataset
 
@@ -176,7 +177,7 @@ def test_training_stage_logs_epoch_progress(tmp_path: Path, caplog: pytest.LogCa
     from tasks.stages import STAGES
 
     class InProcess(Wiring):
-        def _call(self, task: object, refresh: bool = False, **kwargs: object) -> str:
+        def call(self, task: object, refresh: bool = False, **kwargs: object) -> str:
             return STAGES[task.name].run({"workspace": self.params.workspace, **kwargs})
 
     features, classes = write_dataset(tmp_path / "data")

@@ -9,8 +9,8 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
 
-from tasks import catalog
-from tasks.default_dataset import (
+from tasks.store import catalog
+from tasks.ingest.default_dataset import (
     AUDIO,
     VIDEO,
     default_classes_path,

@@ -15,8 +15,8 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 
-from tasks.default_dataset import default_classes_path
-from tasks.features import read_classes
+from tasks.ingest.default_dataset import default_classes_path
+from tasks.store.inputs import read_classes
 
 ROOT = Path(__file__).resolve().parents[1]
 TIMEOUT_S = 600  # typically about 90 s (both runs); 420 s seen on a loaded 2-core machine
@@ -57,7 +57,7 @@ def test_full_pipeline_deployment_completes_on_a_worker(tmp_path):
 
 def _default_samples(path: Path, n: int = 40) -> list[str]:
     """n samples of the embedded default dataset, both modalities, labels kept: the predict input."""
-    from tasks.default_dataset import make_default_dataset
+    from tasks.ingest.default_dataset import make_default_dataset
 
     table = make_default_dataset(seed=0)
     ids = sorted(set(table["sample_id"].to_pylist()))[:n]

@@ -9,8 +9,8 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from tasks import catalog
-from tasks.descriptions import (
+from tasks.store import catalog
+from tasks.semantics.descriptions import (
     DescriptionError,
     DescriptionSettings,
     generate_descriptions,

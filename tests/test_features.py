@@ -8,9 +8,10 @@ from pathlib import Path
 import pyarrow as pa
 import pytest
 
-from tasks import catalog
-from tasks.features import InputError, build_features, read_classes, read_features
-from tasks.split import build_split
+from tasks.store import catalog
+from tasks.ingest.features import build_features, read_features
+from tasks.store.inputs import InputError, read_classes
+from tasks.training.split import build_split
 from tiny_data import CLASSES, tiny_rows, write_dataset
 
 

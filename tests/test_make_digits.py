@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 from sklearn.datasets import load_digits
 
-from tasks import catalog
+from tasks.store import catalog
 
-SCRIPT = catalog.REPO_ROOT / "data" / "examples" / "make_digits.py"
+SCRIPT = Path(__file__).resolve().parents[1] / "data" / "examples" / "make_digits.py"
 NAMES = ["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"]
 
 

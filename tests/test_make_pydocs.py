@@ -13,8 +13,9 @@ import pyarrow.parquet as pq
 import pytest
 
 from data.examples import make_pydocs
-from tasks.features import read_classes, read_features, validate_features
-from tasks.text_encoders import build_text_encoder
+from tasks.ingest.features import read_features, validate_features
+from tasks.store.inputs import read_classes
+from tasks.encoders.text_encoders import build_text_encoder
 
 SMALL = ("logging", "inspect", "difflib")
 PER_CLASS = 25

@@ -14,8 +14,8 @@ import pytest
 import torch
 
 from media_fixtures import TINY_CLAP, TINY_CLIP, write_clip, write_config, write_wav
-from tasks import catalog
-from tasks.extract import (
+from tasks.store import catalog
+from tasks.ingest.extract import (
     ExtractSettings,
     extract_features,
     extract_shard,
@@ -23,8 +23,8 @@ from tasks.extract import (
     read_manifest,
     shard_path,
 )
-from tasks.media import frame_indices
-from tasks.media_encoders import (
+from tasks.ingest.media import frame_indices
+from tasks.encoders.media_encoders import (
     AudioEncoder,
     AudioEncoderSpec,
     ClapAudioTower,
@@ -33,7 +33,7 @@ from tasks.media_encoders import (
     build_audio_encoder,
     build_image_encoder,
 )
-from tasks.text_encoders import build_text_encoder
+from tasks.encoders.text_encoders import build_text_encoder
 
 # sample_id, class_name, file, split; c5 has no audio track, w has no video.
 ROWS = [

@@ -8,8 +8,8 @@ import pyarrow as pa
 import pytest
 import torch
 
-from tasks import catalog
-from tasks.mmhcl_data import load_mmhcl
+from tasks.store import catalog
+from tasks.training.mmhcl_data import load_mmhcl
 
 # Classes c0, c1, c2; modality a (3-d) saw c0 and c1, modality b (2-d) saw c2.
 SEEN = {("c0", "a"): True, ("c1", "a"): True, ("c2", "a"): False,

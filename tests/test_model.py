@@ -212,7 +212,7 @@ def test_missing_mask_vs_zero() -> None:
 @pytest.mark.parametrize("missing", ["mask", "zero"])
 def test_encode_once_then_fuse_is_the_forward_pass(missing: str) -> None:
     """Evaluation encodes the test set once and fuses it under each subset's presence mask
-    (tasks.scoring): that must equal the forward pass on the same rows and mask."""
+    (tasks.evaluation.scoring): that must equal the forward pass on the same rows and mask."""
     model = _model(missing=missing).eval()
     model.margin.fill_(0.7)
     feats, _ = _inputs(6)

@@ -105,7 +105,7 @@ def test_refresh_forces_one_stage(first_run, dataset):
 
 def test_interrupted_training_resumes_from_last_checkpoint(first_run, dataset, monkeypatch, caplog, tmp_path):
     """Crash after the 2nd epoch checkpoint; the rerun resumes and ends where a clean run ends."""
-    from tasks import train as train_stage
+    from tasks.training import train as train_stage
     from tasks.stages import TRAIN
 
     root, _ = first_run
@@ -146,7 +146,7 @@ def test_choosing_the_margin_never_reads_the_test_split(first_run, dataset, tmp_
     import numpy as np
     import pyarrow as pa
 
-    from tasks import catalog
+    from tasks.store import catalog
     from tasks.stages import TRAIN
 
     root, _ = first_run

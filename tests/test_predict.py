@@ -14,9 +14,9 @@ import pyarrow.parquet as pq
 import pytest
 import torch
 
-from tasks import catalog
-from tasks.model_file import META, WEIGHTS, load_model
-from tasks.predict import predict_file
+from tasks.store import catalog
+from tasks.store.model_file import META, WEIGHTS, load_model
+from tasks.serving.predict import predict_file
 from tiny_data import CLASSES, write_dataset
 
 
@@ -95,7 +95,7 @@ def test_predict_reproduces_the_evaluation_predictions_exactly(run, tmp_path):
 
 
 def test_cli_writes_contract_output_summary_and_query_view(run, tmp_path):
-    from tasks.query import connect
+    from tasks.store.query import connect
 
     out = tmp_path / "pred.parquet"
     assert _predict_cli(run, run / "in" / "features.parquet", out, "--top-k", "3") == 0
@@ -163,7 +163,7 @@ def test_a_class_added_by_name_is_described_embedded_cached_and_unseen(run, tmp_
     assert summary["classes"] == 7 and summary["added_classes"] == ["thunder rumbling"]
     cached = list((run / "ws" / "predict_classes").glob("*.parquet"))
     assert len(cached) == 1 and pq.read_table(cached[0])["class_name"].to_pylist() == ["thunder rumbling"]
-    from tasks.open_vocab import model_over_classes
+    from tasks.serving.open_vocab import model_over_classes
 
     wider = model_over_classes(load_model(run / "out" / "model"), classes, run / "ws")
     assert wider.model.seen.shape == (2, 7) and not wider.model.seen[:, 6].any()
@@ -230,7 +230,7 @@ def test_manifest_for_a_features_trained_model_is_refused(run, tmp_path, capsys)
 
 
 def test_offline_description_template_is_a_file(tmp_path):
-    from tasks.descriptions import DescriptionSettings, generate_descriptions
+    from tasks.semantics.descriptions import DescriptionSettings, generate_descriptions
 
     template = tmp_path / "quote.txt"
     template.write_text("A quotation about {class_name}.\n")

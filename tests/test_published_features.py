@@ -9,8 +9,8 @@ import h5py
 import numpy as np
 import pytest
 
-from tasks import catalog
-from tasks.published_features import ingest_published, published_classes
+from tasks.store import catalog
+from tasks.ingest.published_features import ingest_published, published_classes
 
 CLASSES = ("ApplyEyeMakeup", "Basketball", "Drumming")
 STAGES = {

@@ -1,4 +1,4 @@
-"""DuckDB views over stage outputs (tasks/query.py) and `cscf query`, with README's queries as written."""
+"""DuckDB views over stage outputs (tasks/store/query.py) and `cscf query`, with the queries of docs/usage.md and README.md as written."""
 
 from __future__ import annotations
 
@@ -8,10 +8,10 @@ from pathlib import Path
 
 import pytest
 
-from tasks.query import VIEWS, connect, views
+from tasks.store.query import VIEWS, connect, views
 from tiny_data import CLASSES, write_dataset
 
-README = Path(__file__).resolve().parents[1] / "README.md"
+USAGE = Path(__file__).resolve().parents[1] / "docs" / "usage.md"
 PER_CLASS = 16  # tiny_data's samples per class
 
 
@@ -30,8 +30,8 @@ def workspace(prefect_server, tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def readme_queries() -> list[str]:
-    """The SQL of every `cscf query "..."` code block in README's DuckDB section, in order."""
-    section = README.read_text().split("## Querying cached outputs with DuckDB")[1].split("\n## ")[0]
+    """The SQL of every `cscf query "..."` code block in docs/usage.md's DuckDB section, in order."""
+    section = USAGE.read_text().split("## Querying cached outputs with DuckDB")[1].split("\n## ")[0]
     return re.findall(r'```bash\ncscf query "(.*?)"\n```', section, flags=re.S)
 
 
@@ -111,3 +111,12 @@ def test_unknown_view_names_the_views_there(tmp_path, capsys):
     assert "predictions does not exist" in err and "views in" in err and ": none" in err
     assert main(["query", "select 1", "--workspace", str(tmp_path / "missing")]) == 1
     assert "missing: no such workspace folder" in capsys.readouterr().err
+
+
+def test_readme_front_door_queries(workspace, capsys):
+    first, second = re.findall(r'^cscf query "(.*?)"', (USAGE.parents[1] / "README.md").read_text(), flags=re.M)
+    metrics = json.loads((workspace.parent / "out" / "metrics.json").read_text())
+    cscf = json.loads(query(capsys, workspace, first))
+    assert {r["subset"]: r["accuracy"] for r in cscf} == metrics["methods"]["CSCF"]
+    assert query(capsys, workspace, second, "csv").splitlines() == ["modality,rows", f"audio,{PER_CLASS * len(CLASSES)}",
+                                                                    f"video,{PER_CLASS * len(CLASSES)}"]

@@ -14,8 +14,9 @@ import numpy as np
 import pytest
 import torch
 
-from tasks import catalog
-from tasks.features import InputError, build_features, check_features_file, read_classes, read_features
+from tasks.store import catalog
+from tasks.ingest.features import build_features, check_features_file, read_features
+from tasks.store.inputs import InputError, read_classes
 from tiny_data import CLASSES, tiny_rows, write_dataset
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -108,7 +109,7 @@ def test_bad_rows_of_every_kind_are_counted_and_the_rest_goes_on(tmp_path, caplo
 
 @pytest.mark.parametrize(("vector", "why"), [(np.nan, "NaN or inf"), (0.0, "all zeros")])
 def test_class_embeddings_with_nan_or_zero_vectors_name_the_class(vector, why):
-    from tasks.embeddings import check_class_vectors
+    from tasks.semantics.embeddings import check_class_vectors
 
     vectors = np.ones((3, 4), dtype=np.float32)
     vectors[1] = vector
@@ -124,7 +125,7 @@ def test_unusable_llm_answer_is_retried_then_named(tmp_path, monkeypatch, mode, 
     import pandas as pd
 
     from fake_llm_server import FakeLLMServer
-    from tasks.descriptions import DescriptionError, DescriptionSettings, generate_descriptions
+    from tasks.semantics.descriptions import DescriptionError, DescriptionSettings, generate_descriptions
 
     monkeypatch.setenv("OPENAI_API_KEY", "sk-fake-inputs")
     (tmp_path / "prompt.txt").write_text("Describe {class_name}.")
@@ -142,7 +143,7 @@ def test_unusable_llm_answer_is_retried_then_named(tmp_path, monkeypatch, mode, 
 
 
 def test_prompt_template_without_placeholder_is_refused(tmp_path):
-    from tasks.descriptions import load_template
+    from tasks.semantics.descriptions import load_template
 
     (tmp_path / "prompt.txt").write_text("Describe the class.")
     with pytest.raises(ValueError, match=r"prompt template .*prompt\.txt: has no \{class_name\} placeholder"):
@@ -151,7 +152,7 @@ def test_prompt_template_without_placeholder_is_refused(tmp_path):
 
 @pytest.mark.parametrize("path", ["../outside.mp4", "clips/../../outside.mp4", "/etc/passwd"])
 def test_manifest_path_escaping_the_media_root_is_refused(tmp_path, path):
-    from tasks.extract import read_manifest
+    from tasks.ingest.extract import read_manifest
 
     (tmp_path / "manifest.csv").write_text(f"sample_id,class_name,path\na,x,clips/a.mp4\nb,x,{path}\n")
     with pytest.raises(ValueError, match=re.escape(f"manifest.csv: row 2 (line 3): path {path!r} leaves the media root")):
@@ -162,7 +163,7 @@ def test_manifest_path_escaping_the_media_root_is_refused(tmp_path, path):
 
 def test_truncated_media_is_a_media_error_not_a_crash(tmp_path):
     from media_fixtures import write_clip
-    from tasks.media import MediaError, decode_audio, decode_frames
+    from tasks.ingest.media import MediaError, decode_audio, decode_frames
 
     clip = write_clip(tmp_path / "c.mp4", seed=0, audio_rate=16000)
     cut = tmp_path / "cut.mp4"
@@ -189,7 +190,7 @@ class _Payload:
 
 
 def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path):
-    from tasks.train import latest_checkpoint
+    from tasks.training.train import latest_checkpoint
 
     marker = tmp_path / "code-ran"
     partial = tmp_path / "ws" / "train" / "k.partial"
@@ -202,7 +203,7 @@ def test_a_planted_checkpoint_is_refused_without_running_its_code(tmp_path):
 
 def test_nothing_loads_a_workspace_file_with_weights_only_false():
     """Every torch.load of the pipeline's own code passes weights_only=True; pickle only
-    where the README says the format is a pickle (ClipClap-GZSL features)."""
+    where docs/usage.md says the format is a pickle (ClipClap-GZSL features)."""
     offenders, pickles = [], []
     for package in ("tasks", "flows", "cscf_model", "benchmarks"):
         for f in (ROOT / package).rglob("*.py"):
@@ -213,7 +214,8 @@ def test_nothing_loads_a_workspace_file_with_weights_only_false():
                 pickles.append(f.name)
     assert offenders == []
     assert pickles == ["published_features.py"]
-    assert "pickles" in (ROOT / "README.md").read_text() and "trusted source" in (ROOT / "README.md").read_text()
+    usage = (ROOT / "docs" / "usage.md").read_text()
+    assert "pickles" in usage and "trusted source" in usage
 
 
 # ------------------------------------------------------------------ what the user sees
@@ -270,11 +272,11 @@ def test_input_error_inside_a_stage_prints_no_traceback(tmp_path, prefect_server
 def test_provenance_names_code_encoder_and_template(tmp_path, monkeypatch):
     """The description and class-embedding stages leave what wrote them; `provenance` (the
     "provenance" object of metrics.json) gathers it with the code version."""
-    from tasks import embeddings
+    from tasks.semantics import embeddings
     from tasks.stages import CLASS_EMBEDDINGS, DESCRIPTIONS
     from flows.params import LLMParams
-    from tasks.descriptions import DescriptionSettings
-    from tasks.provenance import provenance
+    from tasks.semantics.descriptions import DescriptionSettings
+    from tasks.store.provenance import provenance
 
     _, classes = write_dataset(tmp_path / "in")
     llm = LLMParams(mode="offline")

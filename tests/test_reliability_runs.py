@@ -43,7 +43,7 @@ def run_stages(workspace: Path, features: Path, classes: Path, seed: int = 0,
     from tasks.stages import STAGES
 
     class PlainWiring(Wiring):
-        def _call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
+        def call(self, task: Any, refresh: bool = False, **kwargs: Any) -> str:
             key = STAGES[task.name].run({"workspace": self.params.workspace, **kwargs})
             self.runs[f"{task.name}[{kwargs['method']}]" if "method" in kwargs else task.name] = {"state": "", "key": key}
             return key
@@ -241,7 +241,7 @@ def main(argv: list[str]) -> None:
     logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
     names, llm = None, "offline"
     if rest[:1] == ["--kill-after"]:
-        from tasks import train as train_stage
+        from tasks.training import train as train_stage
 
         pattern, nth, real_save, seen = re.compile(rest[1]), int(rest[2]), train_stage._save, []
 

@@ -7,8 +7,8 @@ import torch
 from torch import nn
 
 from cscf_model import CSCFOutput, Encoded, TrainData
-from tasks import mmhcl_data
-from tasks.scoring import cscf_scorer, encode_test, evaluate_method, routing_ceiling
+from tasks.training import mmhcl_data
+from tasks.evaluation.scoring import cscf_scorer, encode_test, evaluate_method, routing_ceiling
 
 # Classes 0, 1, 2; modality a saw {0, 2}, b saw {1}, c saw {2}: class 2 is seen by a and c.
 SEEN = torch.tensor([[True, False, True], [False, True, False], [False, False, True]])

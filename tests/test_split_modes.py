@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.features import InputError
-from tasks.split import check_seen, read_seen_file, resolve_seen, split_classes
+from tasks.store.inputs import InputError
+from tasks.training.split import check_seen, read_seen_file, resolve_seen, split_classes
 from tiny_data import HETERO_CLASSES, HETERO_SEEN, hetero_rows, write_dataset
 
 NAMES = [f"class {i}" for i in range(9)]

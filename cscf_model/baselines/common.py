@@ -18,7 +18,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..calibration import SeenUnseenCurve, pseudo_unseen_split
-from ..trainer import TrainConfig, TrainData, epoch_batches, resolve_device
+from ..data import TrainData
+from ..trainer import TrainConfig, epoch_batches, resolve_device
 
 
 @dataclass

@@ -17,8 +17,8 @@ Loss: CE(seen data) + W_DSE * DSE + W_HTE * HTE. S2V thus sees far more diverse
 semantics than the seen classes alone provide.
 
 Run as the CSCF paper runs it: one DSECN per modality, confidence selection for
-multimodal samples (common.ConfidencePair). The external names (data/class_names/
-imagenet1k.txt) are embedded by the run's own text encoder (tasks/baselines.py).
+multimodal samples (common.ConfidencePair). The external names (tasks/evaluation/class_names/
+imagenet1k.txt) are embedded by the run's own text encoder (tasks/evaluation/baselines.py).
 
 Deviations from the original, each because our features are arbitrary user features:
 - The frozen head. The original's is ResNet-101's ImageNet classifier, which lives in

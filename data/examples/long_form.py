@@ -15,7 +15,7 @@ from typing import Mapping, Sequence
 import numpy as np
 import pyarrow as pa
 
-from tasks import catalog
+from tasks.store import catalog
 
 FEATURES_NO_SPLIT = pa.schema([field for field in catalog.FEATURES if field.name != "split"])
 

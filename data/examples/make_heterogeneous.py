@@ -33,8 +33,8 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 if str(REPO_ROOT) not in sys.path:
     sys.path.insert(0, str(REPO_ROOT))
 
-from tasks import catalog  # noqa: E402
-from tasks.features import read_classes  # noqa: E402
+from tasks.store import catalog  # noqa: E402
+from tasks.store.inputs import read_classes  # noqa: E402
 
 
 def owners(class_names: list[str], modalities: list[str], shared: float, seed: int) -> dict[str, list[str]]:

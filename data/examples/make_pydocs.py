@@ -60,9 +60,9 @@ if str(REPO_ROOT) not in sys.path:  # run as a script from anywhere, not only as
 
 from cscf_model import calibration  # noqa: E402
 from data.examples.long_form import standardise, write_dataset  # noqa: E402
-from tasks import catalog  # noqa: E402
-from tasks.features import read_classes  # noqa: E402
-from tasks.text_encoders import build_text_encoder  # noqa: E402
+from tasks.store import catalog  # noqa: E402
+from tasks.store.inputs import read_classes  # noqa: E402
+from tasks.encoders.text_encoders import build_text_encoder  # noqa: E402
 
 # One class per module or package. Chosen to be semantically distinct, to have at least
 # 40 usable items each, and to open with an informative docstring paragraph; none of
