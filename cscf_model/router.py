@@ -59,9 +59,27 @@ MIN_HELD_OUT_FOR_LOGITS = 3
 # Most training rows a gate's k-NN distance is measured against (class_balanced_bank).
 BANK_SIZE = 4096
 CHUNK = 16_384  # rows per step where a statistic runs over all training samples
+# Least variance an input dimension is standardised with, as a share of the mean variance
+# over dimensions (standardised_scale). A dimension constant in training would otherwise be
+# divided by ~0, and a test value a hair off that constant would read as millions of
+# standard deviations in both distances. 1e-4 (a standard deviation 1% of the typical one)
+# binds only on (near-)constant dimensions: real feature dimensions sit far above it (the
+# embedded default's lowest variance is 0.83 of the mean), so their scales, and the
+# model's numbers on ordinary data, are exactly what they were without the floor.
+VARIANCE_FLOOR = 1e-4
 
 
 # ----------------------------------------------------------------------------- distances
+
+
+def standardised_scale(x: torch.Tensor) -> torch.Tensor:
+    """(n, d) -> (d,): the per-dimension standard deviation a gate standardises x by, at
+    least sqrt(VARIANCE_FLOOR * mean variance), so that a dimension constant in training
+    cannot dominate the distances (the absolute _EPS is left only for data with no
+    variance at all). Where the floor does not bind this is exactly x.std(0)."""
+    std = x.std(0)
+    floor = (VARIANCE_FLOOR * std.square().mean()).sqrt()
+    return torch.maximum(std, floor).clamp_min(_EPS)
 
 
 def shrunk_precision(
@@ -187,8 +205,11 @@ class ModalityGate(nn.Module):
             self.register_buffer(name, buffers[name].float().clone())
 
     @classmethod
-    def from_state(cls, state: dict[str, torch.Tensor]) -> "ModalityGate":
-        return cls(int(state["k"]), **{name: state[name] for name in cls.BUFFERS})
+    def from_state(cls, state: dict[str, torch.Tensor], name: str = "") -> "ModalityGate":
+        """The gate of a state_dict (keys without prefix), checked by check_gate_state; `name`
+        is the prefix its keys had, for the error message."""
+        check_gate_state(state, name)
+        return cls(int(state["k"]), **{field: state[field] for field in cls.BUFFERS})
 
     @property
     def reads_logits(self) -> bool:
@@ -209,6 +230,44 @@ class ModalityGate(nn.Module):
         return self.features(x, logits, seen_m) @ self.weights[:-1] + self.weights[-1]
 
 
+def check_gate_state(state: dict[str, torch.Tensor], name: str = "") -> None:
+    """Raise ValueError (one line naming the field as `name` + field) unless a gate's state
+    can be evaluated: every buffer present and finite, shapes consistent with the input
+    dimension d = len(in_mean) and the F = len(weights) - 1 gate features (2, or 4 with
+    logit features), scales > 0, k >= 1 and the base rate strictly between 0 and 1 (log pi
+    and log(1 - pi) enter the posterior)."""
+    for field in ("k", *ModalityGate.BUFFERS):
+        if field not in state:
+            raise ValueError(f"router state: {name}{field} is missing")
+        if not bool(torch.isfinite(state[field]).all()):
+            raise ValueError(f"router state: {name}{field} has values that are not finite")
+
+    def shape_error(field: str, expected: str) -> ValueError:
+        return ValueError(f"router state: {name}{field} has shape {tuple(state[field].shape)}, expected {expected}")
+
+    if state["in_mean"].dim() != 1:
+        raise shape_error("in_mean", "(d,)")
+    if state["weights"].shape not in ((3,), (5,)):
+        raise shape_error("weights", "(3,) or (5,)")
+    d, f = len(state["in_mean"]), len(state["weights"]) - 1
+    for field, shape in (("k", ()), ("in_std", (d,)), ("precision", (d, d)), ("feat_mean", (f,)),
+                         ("feat_std", (f,)), ("base_rate", ())):
+        if tuple(state[field].shape) != shape:
+            raise shape_error(field, str(shape))
+    for field in ("class_means", "bank"):
+        t = state[field]
+        if t.dim() != 2 or t.shape[1] != d or len(t) == 0:
+            raise shape_error(field, f"(rows >= 1, {d})")
+    for field in ("in_std", "feat_std"):
+        if not bool((state[field] > 0).all()):
+            raise ValueError(f"router state: {name}{field} must be > 0, got minimum {float(state[field].min())}")
+    if int(state["k"]) < 1:
+        raise ValueError(f"router state: {name}k must be >= 1, got {int(state['k'])}")
+    if not 0 < float(state["base_rate"]) < 1:
+        raise ValueError(
+            f"router state: {name}base_rate must lie strictly between 0 and 1, got {float(state['base_rate'])}")
+
+
 def fit_gate(
     x: torch.Tensor,
     labels: torch.Tensor,
@@ -224,14 +283,16 @@ def fit_gate(
     given, come from a model trained without the val samples. The gate kept uses every
     sample's statistics.
     """
-    in_mean, in_std = x.mean(0), x.std(0).clamp_min(1e-6)
+    in_mean, in_std = x.mean(0), standardised_scale(x)
     z = (x - in_mean) / in_std
     feats = [held_out_features(z, labels, val, pseudo, logits, k, shrinkage) for val, pseudo, logits in held_out]
     targets = [pseudo[labels[val]].float() for val, pseudo, _ in held_out]
     f, y = torch.cat(feats), torch.cat(targets)
     feat_mean, feat_std = f.mean(0), f.std(0).clamp_min(_EPS)
     if len(y) and y.min() < y.max():
-        weights, base_rate = fit_logistic((f - feat_mean) / feat_std, y), y.mean()
+        # pi in [1/n, 1 - 1/n] here, but a float32 mean of tens of millions of labels can
+        # round to 0 or 1, and log pi or log(1 - pi) would then be infinite
+        weights, base_rate = fit_logistic((f - feat_mean) / feat_std, y), y.mean().clamp(_EPS, 1 - _EPS)
     else:  # too few samples to hold out both kinds: a gate with no evidence (g = pi = 1/2, ratio 1)
         weights, base_rate = torch.zeros(f.shape[1] + 1), torch.tensor(0.5)
     every = torch.arange(len(z))
@@ -425,7 +486,7 @@ def _logits_help(
     shrinkage: float,
 ) -> bool:
     """Two-fold held-out AUC of the gate with and without logit features: True if higher with."""
-    z = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    z = (x - x.mean(0)) / standardised_scale(x)
     target = pseudo[y[is_val]]
     fold = torch.arange(len(target)) % 2 == 0
     if any(t.all() or not t.any() for t in (target[fold], target[~fold])):
@@ -442,15 +503,44 @@ def _logits_help(
 
 
 def auc(score: torch.Tensor, positive: torch.Tensor) -> float:
-    """Area under the ROC curve: P(score of a positive > score of a negative), ties half."""
-    pos, neg = score[positive], score[~positive]
-    diff = pos[:, None] - neg[None, :]
-    return float((diff > 0).float().mean() + 0.5 * (diff == 0).float().mean())
+    """Area under the ROC curve: P(score of a positive > score of a negative), ties half.
+
+    The Mann-Whitney U statistic from ranks, tied scores sharing their average rank: one
+    sort, O(n log n) time and O(n) memory. Comparing every positive with every negative
+    would hold n_pos x n_neg entries, tens of GB at VGGSound's hundreds of thousands of
+    held-out rows. Ranks are summed in float64, exact far beyond those sizes.
+    """
+    n_pos = int(positive.sum())
+    n_neg = len(positive) - n_pos
+    if n_pos == 0 or n_neg == 0:
+        raise ValueError(f"AUC needs positives and negatives, got {n_pos} and {n_neg}")
+    _, group, counts = score.double().unique(return_inverse=True, return_counts=True)  # sorted scores
+    counts = counts.double()
+    # tie group j holds ranks start_j + 1 .. start_j + counts_j (1-based): mean start_j + (counts_j + 1) / 2
+    mean_rank = counts.cumsum(0) - counts + (counts + 1) / 2
+    u = mean_rank[group][positive].sum() - n_pos * (n_pos + 1) / 2  # U = R_pos - n_pos (n_pos + 1) / 2
+    return float(u / (n_pos * n_neg))
 
 
 def router_from_state(state: dict[str, torch.Tensor], prefix: str) -> GateRouter:
-    """Rebuild a GateRouter from a state_dict whose router keys start with `prefix`."""
-    n = len({key[len(prefix):].split(".")[1] for key in state if key.startswith(prefix + "gates.")})
-    gates = [ModalityGate.from_state({key.rsplit(".", 1)[1]: v for key, v in state.items()
-                                      if key.startswith(f"{prefix}gates.{m}.")}) for m in range(n)]
-    return GateRouter(gates, state[prefix + "weight"])
+    """Rebuild a GateRouter from a state_dict whose router keys start with `prefix`.
+
+    Every value is checked first (check_gate_state): a model file is input, and a base
+    rate of 0 or 1, a zero scale or a mismatched shape would otherwise surface as NaN
+    predictions far from the file that caused them.
+    """
+    found = {key[len(prefix):].split(".")[1] for key in state if key.startswith(prefix + "gates.")}
+    n = len(found)
+    if n == 0 or found != {str(m) for m in range(n)}:
+        raise ValueError(f"router state: {prefix}gates.* must number the gates 0..M-1, got {sorted(found) or 'none'}")
+    gates = [ModalityGate.from_state({key[len(f"{prefix}gates.{m}."):]: v for key, v in state.items()
+                                      if key.startswith(f"{prefix}gates.{m}.")}, f"{prefix}gates.{m}.")
+             for m in range(n)]
+    weight = state.get(prefix + "weight")
+    if weight is None:
+        raise ValueError(f"router state: {prefix}weight is missing")
+    if tuple(weight.shape) != (n,):
+        raise ValueError(f"router state: {prefix}weight has shape {tuple(weight.shape)}, expected ({n},), one per gate")
+    if not bool((torch.isfinite(weight) & (weight >= 0)).all()):
+        raise ValueError(f"router state: {prefix}weight must be finite and >= 0, got {weight.tolist()}")
+    return GateRouter(gates, weight)

@@ -13,8 +13,10 @@ import torch
 from cscf_model import TrainData, create_model, model_from_checkpoint
 import cscf_model.router as router_module
 from cscf_model.router import (
+    VARIANCE_FLOOR,
     GateRouter,
     ModalityGate,
+    auc,
     class_holdouts,
     fit_gate,
     fit_logistic,
@@ -249,6 +251,14 @@ def test_gate_ignores_logits_fitted_on_too_few_held_out_classes() -> None:
     assert not gate.reads_logits
 
 
+def constant_gate(g: float, base_rate: float, d: int) -> ModalityGate:
+    """A gate whose logit is logit(g) whatever x: zero feature weights, bias logit(g)."""
+    return ModalityGate(1, in_mean=torch.zeros(d), in_std=torch.ones(d), class_means=torch.zeros(1, d),
+                        precision=torch.eye(d), bank=torch.zeros(1, d), feat_mean=torch.zeros(2),
+                        feat_std=torch.ones(2), weights=torch.tensor([0.0, 0.0, logit(g)]),
+                        base_rate=torch.tensor(base_rate))
+
+
 def two_modality_setup() -> tuple[TrainData, torch.Tensor, torch.Tensor]:
     x, y = clusters(6, 10, 3, seed=1)
     seen = torch.stack([torch.arange(6) < 3, torch.arange(6) >= 3])
@@ -265,6 +275,134 @@ def test_router_rebuilds_from_state_dict() -> None:
     assert isinstance(again, GateRouter) and isinstance(again.gates[0], ModalityGate)
 
 
+def router_state() -> dict[str, torch.Tensor]:
+    train, seen, _ = two_modality_setup()
+    router = fit_router(train, seen, holdout=0.34, seed=0, repeats=1)
+    return {f"router.{k}": v.clone() for k, v in router.state_dict().items()}
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0])
+def test_router_state_with_base_rate_0_or_1_is_refused(bad: float) -> None:
+    # log pi or log(1 - pi) would be infinite and the posterior NaN
+    state = router_state()
+    state["router.gates.1.base_rate"] = torch.tensor(bad)
+    with pytest.raises(ValueError, match=r"^router state: router\.gates\.1\.base_rate must lie strictly between "
+                       r"0 and 1, got [01]\.0$"):
+        router_from_state(state, "router.")
+
+
+@pytest.mark.parametrize(("key", "value", "message"), [
+    ("router.gates.0.precision", lambda v: v.fill_(math.nan), r"gates\.0\.precision has values that are not finite"),
+    ("router.gates.0.in_std", torch.zeros_like, r"gates\.0\.in_std must be > 0"),
+    ("router.gates.1.feat_std", lambda v: -v, r"gates\.1\.feat_std must be > 0"),
+    ("router.gates.0.feat_mean", lambda v: torch.zeros(4), r"gates\.0\.feat_mean has shape \(4,\), expected \(2,\)"),
+    ("router.gates.1.precision", lambda v: v[:2, :2], r"gates\.1\.precision has shape \(2, 2\), expected \(3, 3\)"),
+    ("router.gates.0.bank", lambda v: v[:, :2], r"gates\.0\.bank has shape \(\d+, 2\), expected \(rows >= 1, 3\)"),
+    ("router.gates.0.k", torch.zeros_like, r"gates\.0\.k must be >= 1"),
+    ("router.weight", lambda v: torch.ones(3), r"router\.weight has shape \(3,\), expected \(2,\)"),
+    ("router.weight", lambda v: -v, r"router\.weight must be finite and >= 0"),
+    ("router.gates.1.weights", None, r"gates\.1\.weights is missing"),
+])
+def test_router_state_checks_every_field(key: str, value, message: str) -> None:
+    state = router_state()
+    if value is None:
+        del state[key]
+    else:
+        state[key] = value(state[key])
+    with pytest.raises(ValueError, match=message) as refused:
+        router_from_state(state, "router.")
+    assert "\n" not in str(refused.value)
+
+
+def test_checkpoint_with_a_bad_router_state_is_refused_on_loading() -> None:
+    _, seen, _ = two_modality_setup()
+    class_emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
+    model = create_model("CSCF", [3, 3], class_emb, seen, router="gate", fusion="gate")
+    state = {**model.state_dict(), **router_state()}
+    state["router.gates.0.base_rate"] = torch.tensor(1.0)
+    fresh = create_model("CSCF", [3, 3], class_emb, seen, router="gate", fusion="gate")
+    with pytest.raises(ValueError, match=r"router\.gates\.0\.base_rate must lie strictly between 0 and 1"):
+        fresh.load_state_dict(state)
+
+
+@pytest.mark.parametrize("missing", ["pseudo-unseen", "pseudo-seen"])
+def test_gate_fitted_with_one_kind_of_held_out_sample_gives_finite_outputs(missing: str) -> None:
+    # 4 of 6 classes seen by the modality; the held-out samples are all of one kind
+    x, y = clusters(4, 10, 3, seed=0)
+    seen_m = torch.arange(6) < 4
+    if missing == "pseudo-unseen":  # every held-out sample's class stays pseudo-seen: all labels 1
+        pseudo, val = seen_m, torch.arange(len(y)) % 5 == 0
+    else:  # only the held-out class's samples are held out: all labels 0
+        pseudo, val = seen_m & (torch.arange(6) != 3), y == 3
+    gate = fit_gate(x, y, [(val, pseudo, None)])
+    # no evidence either way: g = 1/2 at pi = 1/2, likelihood ratio 1 whatever x
+    assert float(gate.base_rate) == 0.5
+    out = gate(x + 100.0, None, seen_m)
+    assert torch.equal(out, torch.zeros(len(x)))
+    # the posterior is then the prior: pattern {m} holds 4 of 6 classes, {} 2 of 6 -> 1/3, 2/3
+    post = GateRouter([gate]).posterior(out[None, :], torch.ones(1, len(x), dtype=torch.bool), seen_m[None, :])
+    assert torch.isfinite(post).all()
+    assert torch.allclose(post, torch.tensor([[1 / 3, 2 / 3]]).expand(len(x), 2))
+
+
+def test_a_dimension_constant_in_training_cannot_dominate_the_gate() -> None:
+    g = torch.Generator().manual_seed(0)
+    y = torch.arange(10).repeat_interleave(20)
+    x = (2 * torch.randn(10, 8, generator=g))[y] + torch.randn(len(y), 8, generator=g)  # overlapping clusters
+    seen_m, train = torch.arange(10) < 8, y < 8
+    splits = class_holdouts(y[train], seen_m, holdout=0.25, val_share=0.2, repeats=2, seed=0)
+    constant = torch.cat([x, torch.full((len(x), 1), 3.0)], 1)  # a 9th dimension, 3.0 in every row
+    without, with_constant = fit_gate(x[train], y[train], splits), fit_gate(constant[train], y[train], splits)
+    # Scales, by hand: the 8 ordinary columns keep their sample standard deviations (the floor
+    # does not bind); the constant one gets sqrt(VARIANCE_FLOOR * mean variance over the 9 columns).
+    var = x[train].double().var(0)
+    floor = math.sqrt(VARIANCE_FLOOR * float(var.sum()) / 9)
+    assert torch.allclose(with_constant.in_std.double(), torch.cat([var.sqrt(), torch.tensor([floor])]), rtol=1e-5)
+    assert torch.equal(with_constant.in_std[:-1], without.in_std)
+    # A test value off the constant by a tenth of the floor (1e-3 of the typical spread here):
+    # the gate stays within a logit of the gate fitted without that dimension (whose logits
+    # range over -10..14). The absolute 1e-6 scale this floor replaced reads the same offset
+    # as 2,000 standard deviations and moves the gate by about a hundred logits.
+    off = constant.clone()
+    off[:, -1] += 0.1 * floor
+    reference = without(x, None, seen_m)
+    assert float((with_constant(off, None, seen_m) - reference).abs().max()) < 1.0
+    with_constant.in_std[-1] = 1e-6
+    assert float((with_constant(off, None, seen_m) - reference).abs().max()) > 10
+
+
+def brute_force_auc(score: torch.Tensor, positive: torch.Tensor) -> float:
+    """Every (positive, negative) pair: 1 when the positive scores higher, 1/2 on a tie."""
+    pos, neg = score[positive].tolist(), score[~positive].tolist()
+    wins = sum(1.0 if p > q else 0.5 if p == q else 0.0 for p in pos for q in neg)
+    return wins / (len(pos) * len(neg))
+
+
+def test_auc_hand_computed_with_ties() -> None:
+    # positives score 1, 2; negatives 2, 3, 1. Pairs: (1,2) 0, (1,3) 0, (1,1) 1/2, (2,2) 1/2,
+    # (2,3) 0, (2,1) 1 -> 2/6. By ranks: sorted 1 1 2 2 3 have average ranks 1.5 1.5 3.5 3.5 5;
+    # positives 1.5 + 3.5 = 5, U = 5 - 2*3/2 = 2, AUC = 2 / (2*3) = 1/3.
+    score = torch.tensor([1.0, 2.0, 2.0, 3.0, 1.0])
+    positive = torch.tensor([True, True, False, False, False])
+    assert auc(score, positive) == pytest.approx(1 / 3, abs=1e-12)
+    assert auc(score, ~positive) == pytest.approx(2 / 3, abs=1e-12)
+    assert auc(torch.tensor([0.1, 0.35, 0.4, 0.8]), torch.tensor([False, False, True, True])) == 1.0
+    assert auc(torch.zeros(4), torch.tensor([True, False, True, False])) == 0.5
+    with pytest.raises(ValueError, match="positives and negatives"):
+        auc(score, torch.ones(5, dtype=torch.bool))
+
+
+def test_auc_matches_the_pairwise_count_on_random_scores_with_ties() -> None:
+    g = torch.Generator().manual_seed(0)
+    for trial in range(30):
+        n = int(torch.randint(2, 60, (1,), generator=g))
+        levels = 3 if trial % 2 else 1000  # few distinct scores: many ties; many: few
+        score = torch.randint(0, levels, (n,), generator=g).float() / 7
+        positive = torch.rand(n, generator=g) < 0.4
+        positive[0], positive[1] = True, False
+        assert auc(score, positive) == pytest.approx(brute_force_auc(score, positive), abs=1e-12), trial
+
+
 def test_cscf_with_gate_router_fuses_and_survives_a_checkpoint() -> None:
     train, seen, x = two_modality_setup()
     class_emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
@@ -272,13 +410,20 @@ def test_cscf_with_gate_router_fuses_and_survives_a_checkpoint() -> None:
     both = torch.ones(len(x), 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="fitted router"):
         model([x, x], both)
-    model.router = fit_router(train, seen, holdout=0.34, seed=0, repeats=1)
+    # Gates that ignore x (zero weights): g_A = 0.8, g_B = 0.4, both at base rate 1/2, and the
+    # patterns {A} (classes 0-2), {B} (3-5) have prior 1/2 each. Ratios: {A}: A in 0.8/0.5 = 1.6,
+    # B out 0.6/0.5 = 1.2 -> 1.92; {B}: A out 0.2/0.5 = 0.4, B in 0.4/0.5 = 0.8 -> 0.32;
+    # P({A} | x) = 1.92 / 2.24 = 6/7, P({B} | x) = 1/7 for every sample.
+    model.router = GateRouter([constant_gate(0.8, 0.5, 3), constant_gate(0.4, 0.5, 3)])
     out = model([x, x], both)
     # fusion "gate" with gate_mix "prior": mean of the modalities' logits + log P(pattern of c | x)
-    post = model.router.posterior(model.router.gate_logits([x, x], out.logits, seen), both.T, seen)
-    want = out.logits.mean(0) + post.clamp_min(1e-12).log()[:, seen_patterns(seen)[1]]
-    assert torch.allclose(out.fused, want, atol=1e-5)
-    # u is 1 - P(modality saw the class): each sample's u's sum to 1 with two disjoint sets
+    log_prior = torch.tensor([math.log(6 / 7)] * 3 + [math.log(1 / 7)] * 3)
+    assert torch.allclose(out.fused, out.logits.mean(0) + log_prior, atol=1e-5)
+    # u is 1 - P(modality saw the class): A 1/7, B 6/7
+    assert torch.allclose(out.u, torch.tensor([[1 / 7], [6 / 7]]).expand(2, len(x)), atol=1e-6)
+    model.router = fit_router(train, seen, holdout=0.34, seed=0, repeats=1)
+    out = model([x, x], both)
+    # each sample's u's sum to 1 with two disjoint seen sets
     assert torch.allclose(out.u.sum(0), torch.ones(len(x)))
     # encoded once (gate logits included), fused under another mask: the forward pass's result
     mixed = torch.stack([torch.arange(len(x)) % 3 != 1, torch.arange(len(x)) % 3 != 2], 1)
