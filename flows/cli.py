@@ -8,13 +8,14 @@ import csv
 import json
 import logging
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Sequence
 
 from pydantic import ValidationError
 
-from flows.runtime import prefect_env, start_temporary_server
+from flows.runtime import EXIT_CODES, interruptible, prefect_api, prefect_env
 
 
 def parser() -> argparse.ArgumentParser:
@@ -141,26 +142,38 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "query":
         return _query(args.sql, args.workspace, args.format)
     prefect_env(args.workspace)
+    _configure_logging()
+    from prefect.exceptions import TerminationSignal
+
+    with interruptible():
+        try:
+            return _predict(args) if args.command == "predict" else _run(args)
+        except USER_ERRORS as e:
+            return _error_line(e)
+        except (KeyboardInterrupt, TerminationSignal) as e:
+            return _interrupted_line(args.command, e)
+
+
+def _configure_logging() -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     for noisy in ("httpx", "sentence_transformers", "prefect.server", "uvicorn", "docket", "distributed"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
     quiet = _NoUserErrorTraceback()
     for name in ("prefect.flow_runs", "prefect.task_runs"):
         logging.getLogger(name).addFilter(quiet)
-    if args.command == "predict":
-        return _predict(args)
-    try:
-        params = pipeline_params(args)
-        params.check_inputs()
-        _check_user_files(params)
-        start_temporary_server()
+
+
+def _run(args: argparse.Namespace) -> int:
+    """`cscf run` and `cscf benchmark`: inputs checked before Prefect starts, then the flow."""
+    params = pipeline_params(args)
+    params.check_inputs()
+    _check_user_files(params)
+    with prefect_api():
         if args.command == "benchmark":
             return _benchmark(args, params)
         from flows.pipeline import cscf
 
         result = cscf(params)
-    except USER_ERRORS as e:
-        return _error_line(e)
     for name, path in result["outputs"].items():
         print(f"wrote {path}")
     print("stages: " + ", ".join(f"{k}={v}" for k, v in result["states"].items()))
@@ -169,6 +182,17 @@ def main(argv: Sequence[str] | None = None) -> int:
 
         print(run_summary(json.loads(Path(result["outputs"]["metrics.json"]).read_text()), result["outputs"]))
     return 0
+
+
+def _interrupted_line(command: str, e: BaseException) -> int:
+    """The one line of an interrupted command (what was running, what is saved) and its exit code."""
+    from tasks.store.progress import STATUS
+
+    signum = getattr(e, "signum", None) or getattr(e, "signal", None) or signal.SIGINT
+    where = STATUS.stage or command
+    saved = STATUS.saved or ("no output written" if command == "predict" else "finished stages are cached")
+    print(f"cscf: interrupted during {where}; {saved}; rerun the same command to resume", file=sys.stderr)
+    return EXIT_CODES.get(signal.Signals(signum), 128 + int(signum))
 
 
 # What `main` reports as one `cscf: error:` line: bad inputs, settings and files the
@@ -210,16 +234,14 @@ def _check_user_files(params) -> None:  # params: PipelineParams
 
 def _predict(args: argparse.Namespace) -> int:
     """Run the `cscf-predict` flow in-process; a bad input is one line and leaves no output."""
-    try:
-        from flows.predict import PredictParams, cscf_predict
+    from flows.predict import PredictParams, cscf_predict
 
-        fields = {k: getattr(args, k) for k in ("model", "features", "manifest", "media_root", "classes", "out",
-                                                "workspace", "top_k", "task_runner", "dask_address")}
-        params = PredictParams(**{k: v for k, v in fields.items() if v is not None})
-        params.check_inputs()
+    fields = {k: getattr(args, k) for k in ("model", "features", "manifest", "media_root", "classes", "out",
+                                            "workspace", "top_k", "task_runner", "dask_address")}
+    params = PredictParams(**{k: v for k, v in fields.items() if v is not None})
+    params.check_inputs()
+    with prefect_api():
         result = cscf_predict(params)
-    except USER_ERRORS as e:
-        return _error_line(e)
     print(f"wrote {result['output']} ({result['samples']} samples) and {result['summary']}")
     return 0
 

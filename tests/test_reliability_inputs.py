@@ -230,14 +230,14 @@ def test_nothing_loads_a_workspace_file_with_weights_only_false():
 )
 def test_cli_input_error_is_one_line_before_prefect_starts(tmp_path, capsys, monkeypatch, make, message):
     """No Prefect server is started (the check runs first) and no traceback is printed."""
-    from prefect.server.api.server import SubprocessASGIServer
-
     from flows.cli import main
+    from flows.runtime import TemporaryServer
 
     features, classes = write_dataset(tmp_path)
     make(tmp_path)
     started = []
-    monkeypatch.setattr(SubprocessASGIServer, "start", lambda self, *a, **k: started.append(self))
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.setattr(TemporaryServer, "start", lambda self, *a, **k: started.append(self))
     rc = main(["run", "--features", str(features), "--classes", str(classes), "--workspace", str(tmp_path / "ws"),
                "--out", str(tmp_path / "out")])
     err = capsys.readouterr().err

@@ -27,6 +27,7 @@ from prefect.cache_policies import CachePolicy
 from prefect.context import TaskRunContext
 
 from tasks.store import catalog
+from tasks.store.progress import STATUS
 
 RESULTS_DIR = ".prefect-results"
 LOCKS_DIR = ".locks"
@@ -105,9 +106,11 @@ class Stage:
         key, workspace = self.key(params), Path(params["workspace"])
         if self.is_built(workspace, key):
             return key
+        STATUS.begin(f"{self.name}[{params['method']}]" if "method" in params else self.name)
         with stage_lock(workspace, self.name, key):
             if not self.is_built(workspace, key):
                 self.build(workspace, key, **{k: v for k, v in params.items() if k != "workspace"})
+        STATUS.end()
         return key
 
 

@@ -12,11 +12,30 @@ import contextlib
 import logging
 import sys
 import time
+from dataclasses import dataclass
 from typing import Any, Callable, Iterator, TextIO
 
 from tqdm import tqdm
 
 LOG_LINES = 10  # log lines per loop when not on a terminal (plus the last step)
+
+
+@dataclass
+class RunStatus:
+    """Where this process's run stands: the stage being built and the last thing it saved.
+    An interrupted `cscf` command says so in its one line (flows/cli.py)."""
+
+    stage: str | None = None
+    saved: str | None = None
+
+    def begin(self, stage: str) -> None:
+        self.stage, self.saved = stage, None
+
+    def end(self) -> None:
+        self.stage, self.saved = None, None
+
+
+STATUS = RunStatus()
 
 
 class Progress:
@@ -67,6 +86,7 @@ def epoch_progress(what: str, epochs: int, log: logging.Logger, resume: dict[str
     with progress(what, epochs, log, start=0 if resume is None else resume["epoch"] + 1) as shown:
         def on_epoch_end(state: dict[str, Any]) -> None:
             save(state)
+            STATUS.saved = f"{what}: epoch {state['epoch'] + 1} of {epochs} saved"
             shown.update(state["epoch"] + 1, loss=state["losses"][-1])
 
         yield on_epoch_end
