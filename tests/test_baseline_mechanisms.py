@@ -13,16 +13,16 @@ import math
 
 import pytest
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from cscf_model.baselines import BASELINES, CALIBRATABLE, ExternalSemantics, create_baseline, fit_margins
 from cscf_model.baselines.dgz import LAMBDA_1, revised_cross_entropy
 from cscf_model.baselines.dsecn import W_DSE, W_HTE, head_noun_taxonomy, ridge_readout
-from cscf_model.baselines.lmvcat import ALPHA, BETA, label_guided_loss
+from cscf_model.baselines.lmvcat import ALPHA, BETA, D_MODEL as LMVCAT_D_MODEL, label_guided_loss
 from cscf_model.baselines.uvat import ENSEMBLE, category_consistency
 from cscf_model.baselines.zla import PRIOR_RATIO
 from cscf_model import TrainConfig, TrainData
+from cscf_model.calibration import pseudo_unseen_split
 from test_baselines import one_thread  # noqa: F401  (autouse: one torch thread for tiny models)
 
 
@@ -161,13 +161,45 @@ def test_lmvcat_label_guided_loss() -> None:
     # sim 0 -> -ln(1 - 1e-5) ~ 0 twice (clamped); (2,3) different, sim 1/2 -> ln 2 twice.
     expected = 0.5 * (4 * math.log(2) - 2 * math.log(1 - 1e-5)) / 6
     assert float(label_guided_loss(tokens, labels, torch.ones(3, 1, dtype=torch.bool))) == pytest.approx(expected, rel=1e-4)
-    dims, emb, seen = two_modalities(n_classes=4)
-    model = create_baseline("LMVCAT", dims, emb, seen)
-    present = torch.tensor([[True, False], [True, False], [False, True], [False, True]])
-    feats, y = model.inputs([torch.randn(4, 3), torch.randn(4, 3)], present), torch.tensor([0, 2, 1, 1])
-    logits, per_class, tokens = model(feats, present)
-    want = F.cross_entropy(logits, y) + ALPHA * label_guided_loss(tokens, y, present) + BETA * F.cross_entropy(per_class, y)
-    assert model.loss(feats, y, present, 0).item() == pytest.approx(want.item(), rel=1e-5)
+
+
+def test_lmvcat_loss_on_hand_made_view_tokens() -> None:
+    """LMVCAT's whole loss, CE(sample token) + ALPHA * label guidance + BETA * CE(class
+    tokens), on view tokens and heads fixed by hand, against the value computed by hand."""
+    d = LMVCAT_D_MODEL
+    model = create_baseline("LMVCAT", [d, d], torch.randn(2, 4), torch.eye(2, dtype=torch.bool))
+    model.embed = nn.ModuleList([nn.Identity(), nn.Identity()])  # a view's token is its input ...
+    with torch.no_grad():
+        for layer in model.view_transformer.layers:  # ... through identity layers (residual branches 0)
+            for linear in (layer.self_attn.out_proj, layer.linear2):
+                linear.weight.zero_()
+                linear.bias.zero_()
+        # ... and the final LayerNorm, which leaves a zero-mean, unit-variance vector as it is
+        # (up to 1 / sqrt(1 + eps)); u, w and -u are such vectors, u . w = 0.
+        u = torch.tensor([1.0, -1.0]).repeat_interleave(d // 2)
+        w = torch.tensor([1.0, -1.0]).repeat(d // 2)
+        model.head.weight.copy_(torch.stack([u, w]) / d)  # sample-token logits (t.u / d, t.w / d)
+        model.head.bias.zero_()
+        model.class_w.zero_()  # class-token logits = class_b whatever the tokens
+        model.class_b.copy_(torch.tensor([0.0, 2.0]))
+    # Samples 0-2 show view 0 only (tokens u, w, -u), samples 3-4 view 1 only (u, w).
+    zero = torch.zeros(d)
+    feats = [torch.stack([u, w, -u, zero, zero]), torch.stack([zero, zero, zero, u, w])]
+    present = torch.tensor([[True, False]] * 3 + [[False, True]] * 2)
+    labels = torch.tensor([0, 0, 1, 1, 0])
+    ln = math.log
+    # Sample-token CE: the fused token is the present view's; logits (1, 0), (0, 1), (-1, 0),
+    # (1, 0), (0, 1) for labels 0, 0, 1, 1, 0.
+    ce_sample = (ln(1 + math.exp(-1)) + ln(1 + math.e) + ln(1 + math.exp(-1)) + ln(1 + math.e) + ln(1 + math.e)) / 5
+    # Class-token CE: logits (0, 2) for every sample; three of label 0, two of label 1.
+    ce_class = (3 * ln(1 + math.exp(2)) + 2 * ln(1 + math.exp(-2))) / 5
+    # Label guidance, per view, over ordered pairs: view 0 as in the test above (same label,
+    # sim 1/2: ln 2; different labels, sim 0 clamped to 1e-5: -ln(1 - 1e-5); different, sim
+    # 1/2: ln 2); view 1: different labels, sim 1/2: ln 2. Half the mean over the two views.
+    view0 = (4 * ln(2) - 2 * ln(1 - 1e-5)) / 6
+    guidance = 0.5 * (view0 + ln(2)) / 2
+    expected = ce_sample + ALPHA * guidance + BETA * ce_class
+    assert model.loss(feats, labels, present, 0).item() == pytest.approx(expected, rel=1e-4)
 
 
 def test_uvat_late_fusion_by_ensemble_uncertainty() -> None:
@@ -248,12 +280,58 @@ def test_trains_and_predicts_on_three_modalities_with_overlapping_seen_sets(name
     assert torch.allclose(model.predict(feats, present).scores, out.scores, atol=1e-5)
 
 
+def _mean_accuracy(logits: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor, margin: float) -> float | None:
+    """Mean of seen- and unseen-class accuracy (percent) of argmax(logits - margin on the
+    seen classes): calibrated stacking written out, one margin at a time. None when the
+    samples are all of seen or all of unseen classes (nothing to weigh)."""
+    right = ((logits - margin * seen.float()).argmax(1) == labels).double()
+    own = seen[labels]
+    if own.all() or not own.any():
+        return None
+    return 50.0 * (float(right[own].mean()) + float(right[~own].mean()))
+
+
 @pytest.mark.parametrize("name", CALIBRATABLE)
 def test_margins_are_chosen_on_training_data_for_every_modality(name: str, three_modalities) -> None:
+    """fit_margins trains one copy of the method without a held-out share of each modality's
+    seen classes, and gives each modality the margin that is best on held-out training
+    samples by the mean of seen- and unseen-class accuracy (the closest to 0 among equals).
+    Checked by a brute-force sweep: every margin between two points where a prediction
+    changes, each scored by plain argmax."""
     emb, seen, data, external = three_modalities
-    make = lambda s: create_baseline(name, list(DIMS3), emb, s, external)  # noqa: E731
-    margins = fit_margins(make, data, seen, TrainConfig(epochs=2, batch_size=16, seed=0, device="cpu"), 0.34, "mean", None)
-    assert len(margins) == 3 and all(math.isfinite(t) for t in margins)
+    cfg = TrainConfig(epochs=2, batch_size=16, seed=0, device="cpu")
+    copies: list[tuple[torch.Tensor, nn.Module, list[TrainData]]] = []
+
+    def make(pseudo_seen: torch.Tensor):
+        model = create_baseline(name, list(DIMS3), emb, pseudo_seen, external)
+        fitted: list[TrainData] = []
+        real_fit = model.fit
+        model.fit = lambda d, c: (fitted.append(d), real_fit(d, c))[1]  # type: ignore[method-assign]
+        copies.append((pseudo_seen, model, fitted))
+        return model
+
+    margins = fit_margins(make, data, seen, cfg, 0.34, "mean", None)
+    (pseudo_seen, model, fitted), = copies  # one copy, trained once
+    fit, val = fitted[0], pseudo_unseen_split(data, seen, 0.34, 0.2, cfg.seed)[2]
+    assert len(margins) == 3 and margins[0] != 0 and margins[1] != 0
+    with torch.no_grad():
+        for m, margin in enumerate(margins):
+            held_out = seen[m] & ~pseudo_seen[m]
+            assert held_out.any() and not (pseudo_seen[m] & ~seen[m]).any()
+            assert not held_out[fit.labels[m]].any() and held_out[val.labels[m]].any()
+            assert len(fit.labels[m]) + len(val.labels[m]) == len(data.labels[m])  # training data only
+            logits = model.modality_logits(m, model.standardise(m, val.features[m]))
+            best_seen = logits.masked_fill(~pseudo_seen[m], -math.inf).amax(1)
+            best_unseen = logits.masked_fill(pseudo_seen[m], -math.inf).amax(1)
+            gaps = sorted(set((best_seen - best_unseen).tolist()))
+            candidates = [gaps[0] - 1, gaps[-1] + 1, 0.0] + [(a + b) / 2 for a, b in zip(gaps, gaps[1:])]
+            scores = {t: _mean_accuracy(logits, val.labels[m], pseudo_seen[m], t) for t in candidates}
+            if None in scores.values():  # here modality 2: its held-out samples are all pseudo-unseen
+                assert margin == 0, m  # no evidence: no calibration
+                continue
+            best = max(scores.values())
+            assert _mean_accuracy(logits, val.labels[m], pseudo_seen[m], margin) == pytest.approx(best), m
+            assert min(abs(t) for t, score in scores.items() if score >= best - 1e-6) == pytest.approx(abs(margin)), m
 
 
 def test_fusion_methods_have_no_margin_to_fit(three_modalities) -> None:

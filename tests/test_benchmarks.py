@@ -8,10 +8,10 @@ is tested in test_pipeline.py) and by its guard against a rerun that was not cac
 from __future__ import annotations
 
 import base64
+import dataclasses
 import io
 import json
 import logging
-import math
 import re
 import sys
 from pathlib import Path
@@ -33,16 +33,66 @@ from tasks.stages import embed_figure
 from tiny_data import write_dataset
 
 
-def _positive_finite(figures: dict[str, float], keys: set[str]) -> None:
-    assert keys <= set(figures), keys - set(figures)
-    assert all(math.isfinite(v) for v in figures.values()), figures
-    assert all(figures[k] > 0 for k in keys), figures
+class ScriptedClock:
+    """`time` for one benchmark module: every span it measures (a start and an end reading
+    of perf_counter, likewise of process_time) lasts the next scripted number of seconds,
+    so that each figure has a value computed by hand from the script."""
+
+    def __init__(self, wall: list[float], cpu: list[float]) -> None:
+        self.spans = {"wall": list(wall), "cpu": list(cpu)}
+        self._now = {"wall": 0.0, "cpu": 0.0}
+        self._open = {"wall": False, "cpu": False}
+
+    def _read(self, kind: str) -> float:
+        if self._open[kind]:
+            self._now[kind] += self.spans[kind].pop(0)
+        self._open[kind] = not self._open[kind]
+        return self._now[kind]
+
+    def perf_counter(self) -> float:
+        return self._read("wall")
+
+    def process_time(self) -> float:
+        return self._read("cpu")
 
 
-def test_train_figures() -> None:
+def test_train_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each figure is what its meaning says, from the best time of each kind of run: the
+    runs do their real work but report scripted durations, so every figure has a value
+    computed by hand; checkpoint_mb is the size of the checkpoint files actually written."""
+    size = dataclasses.replace(train.SIZES["tiny"], repeats=2)
+    monkeypatch.setitem(train.SIZES, "tiny", size)
+    scripted = {"trainer": [4.0, 2.0], "bare": [1.0, 1.5], "checkpoint": [2.5, 3.0]}
+    written: list[int] = []
+    real_project, real_bare = train.train_project, train.train_bare
+
+    def project(problem, cfg, checkpoint_dir=None):
+        _, losses = real_project(problem, cfg, checkpoint_dir)
+        if cfg.epochs != size.epochs:
+            return 1000.0, losses  # the warm-up run, which no figure may include
+        if checkpoint_dir is None:
+            return scripted["trainer"].pop(0), losses
+        written.extend(p.stat().st_size for p in checkpoint_dir.glob("epoch-*.pt"))
+        return scripted["checkpoint"].pop(0), losses
+
+    def bare(problem, cfg):
+        _, losses = real_bare(problem, cfg)
+        return scripted["bare"].pop(0), losses
+
+    monkeypatch.setattr(train, "train_project", project)
+    monkeypatch.setattr(train, "train_bare", bare)
     figures = train.run(tiny=True)
-    _positive_finite(figures, {"train_ratio", "train_samples_per_s", "train_bare_samples_per_s",
-                               "checkpoint_overhead_ratio", "checkpoint_mb"})
+    assert scripted == {"trainer": [], "bare": [], "checkpoint": []}  # every repeat ran
+    assert len(written) == 2 * size.epochs  # one checkpoint per epoch, per repeat
+    samples = size.samples * size.epochs  # 96 samples, 2 epochs: 192 samples trained per run
+    assert figures == pytest.approx({
+        "train_samples_per_s": samples / 2.0,  # best trainer time 2.0 s
+        "train_bare_samples_per_s": samples / 1.0,  # best bare time 1.0 s
+        "train_ratio": 1.0 / 2.0,  # bare / trainer time
+        "train_checkpoint_samples_per_s": samples / 2.5,
+        "checkpoint_overhead_ratio": 2.5 / 2.0,
+        "checkpoint_mb": max(written) / 2**20,
+    }, rel=1e-12)
 
 
 def test_bare_loop_does_the_trainers_work() -> None:
@@ -56,10 +106,24 @@ def test_bare_loop_does_the_trainers_work() -> None:
     assert bare_losses == pytest.approx(trainer_losses, rel=1e-5)
 
 
-def test_duckdb_figures() -> None:
+def test_duckdb_figures(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Best of 3 for each query, the CPU time of the best nearest-neighbour run (not the
+    best CPU time of any run), and the ratio of the two best nearest-neighbour times, on a
+    scripted clock: the count query's runs take 0.3, 0.1, 0.2 s, DuckDB's nearest
+    neighbours 0.5, 0.4, 0.6 s (CPU 0.9, 0.7, 0.2 s) and NumPy's 0.8, 0.8, 0.2 s."""
+    clock = ScriptedClock(wall=[0.3, 0.1, 0.2, 0.5, 0.4, 0.6, 0.8, 0.8, 0.2],
+                          cpu=[0.5, 0.5, 0.5, 0.9, 0.7, 0.2, 0.1, 0.1, 0.1])
+    monkeypatch.setattr(duckdb_queries, "time", clock)
     figures = duckdb_queries.run(tiny=True)
-    _positive_finite(figures, {"duckdb_count_s", "duckdb_knn_s", "numpy_knn_s", "duckdb_knn_ratio"})
-    assert figures["duckdb_rows"] == duckdb_queries.ROWS["tiny"]
+    assert clock.spans == {"wall": [], "cpu": []}  # 3 runs of each of the 3 timings
+    assert figures == pytest.approx({
+        "duckdb_rows": 2000.0,
+        "duckdb_count_s": 0.1,
+        "duckdb_knn_s": 0.4,
+        "duckdb_knn_cpu_s": 0.7,  # the CPU time of the 0.4 s run
+        "numpy_knn_s": 0.2,
+        "duckdb_knn_ratio": 2.0,  # 0.4 / 0.2
+    }, rel=1e-9)
 
 
 def test_duckdb_queries_answer_right(tmp_path: Path) -> None:
@@ -93,10 +157,17 @@ def test_main_prints_one_table_and_writes_json(tmp_path: Path, capsys: pytest.Ca
     out = tmp_path / "bench.json"
     assert bench.main(["--only", "duckdb", "--json", str(out)]) == 0
     figures = json.loads(out.read_text())
-    _positive_finite(figures, {"duckdb_count_s", "duckdb_knn_s", "wall_s"})
+    assert figures["duckdb_rows"] == duckdb_queries.ROWS["tiny"]
+    # wall_s spans the whole part, which ran each of its three timed queries 3 times,
+    # each run at least as long as the best one kept
+    timed = figures["duckdb_count_s"] + figures["duckdb_knn_s"] + figures["numpy_knn_s"]
+    assert figures["wall_s"] >= duckdb_queries.REPEATS * timed > 0
+    assert figures["duckdb_knn_ratio"] == pytest.approx(figures["duckdb_knn_s"] / figures["numpy_knn_s"], rel=1e-12)
     printed = capsys.readouterr().out.splitlines()
     assert printed[0].split()[:4] == ["name", "value", "unit", "meaning"]
-    assert {line.split()[0] for line in printed[1:]} == set(figures)
+    shown = {line.split()[0]: float(line.split()[1]) for line in printed[1:]}
+    assert shown.keys() == figures.keys()
+    assert shown == pytest.approx(figures, rel=5e-3)  # the table shows the JSON's figures, to 3 digits
 
 
 def test_main_rejects_an_unknown_part() -> None:

@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import pandas as pd
 import pytest
 import torch
 
@@ -44,7 +45,64 @@ def _run_flow(root: Path, dataset, **changes) -> dict:
     return cscf(params)
 
 
-def test_run_writes_contract_metrics_and_report(first_run):
+def evaluation_outputs(workspace: Path, out: Path) -> tuple[dict, pd.DataFrame]:
+    """metrics.json as published in `out`, and the per-sample predictions that the same
+    evaluation (the one whose metrics.json it is, byte for byte) wrote into `workspace`."""
+    import pyarrow.parquet as pq
+
+    published = (out / "metrics.json").read_bytes()
+    key, = [p.name.removesuffix(".metrics.json") for p in (workspace / "evaluate").glob("*.metrics.json")
+            if p.read_bytes() == published]
+    return json.loads(published), pq.read_table(workspace / "evaluate" / f"{key}.predictions.parquet").to_pandas()
+
+
+def accuracies_from_predictions(predictions: pd.DataFrame) -> dict[tuple[str, str], float]:
+    """Top-1 accuracy in percent of every (method, subset), counted from the prediction rows."""
+    right = predictions["true_class"] == predictions["predicted_class"]
+    return (100.0 * right.groupby([predictions["method"], predictions["subset"]]).mean()).to_dict()
+
+
+def check_accuracies(metrics: dict, predictions: pd.DataFrame) -> None:
+    """Every method's score in metrics.json is the accuracy of its prediction rows (None: a
+    subset without rows), and acc_mix the mean of the `<m>_s`, `<m>_u` and `all[...]` ones."""
+    counted = accuracies_from_predictions(predictions)
+    scored = {(method, subset): score for method, scores in metrics["methods"].items()
+              for subset, score in scores.items() if subset != "acc_mix" and score is not None}
+    assert scored.keys() == counted.keys()  # no rows exactly where metrics.json has None
+    assert scored == pytest.approx(counted, abs=1e-4)
+    for method, scores in metrics["methods"].items():
+        mixed = [f"{m}_s" for m in metrics["modalities"]] + [f"{m}_u" for m in metrics["modalities"]]
+        mixed = [counted[method, k] for k in mixed + [k for k in scores if k.startswith("all[")] if (method, k) in counted]
+        assert scores["acc_mix"] == pytest.approx(sum(mixed) / len(mixed), abs=1e-4), method
+
+
+def routing_from_predictions(predictions: pd.DataFrame, seen: dict[str, list[str]], method: str, subset: str) -> float:
+    """Percent of a subset's rows whose dominant modality saw the true class, among the rows
+    whose class some modality saw, counted from the prediction rows and the seen sets."""
+    rows = predictions[(predictions["method"] == method) & (predictions["subset"] == subset)]
+    judged = rows[rows["true_class"].isin(set().union(*map(set, seen.values())))]
+    right = [true in seen[dominant] for true, dominant in zip(judged["true_class"], judged["dominant"])]
+    return 100.0 * sum(right) / len(right)
+
+
+def ausuc_by_sweep(logits: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor) -> float:
+    """Area (percent) under seen- vs unseen-class accuracy as calibrated stacking's margin
+    sweeps, by brute force: plain argmax of the logits less the margin on the seen classes,
+    at one margin inside every interval between two points where a prediction changes,
+    the points joined by straight lines."""
+    gap = logits.masked_fill(~seen, -torch.inf).amax(1) - logits.masked_fill(seen, -torch.inf).amax(1)
+    cuts = sorted(set(gap.tolist()))
+    margins = [cuts[0] - 1] + [(a + b) / 2 for a, b in zip(cuts, cuts[1:])] + [cuts[-1] + 1]
+    own = seen[labels]
+    points = []
+    for t in margins:
+        right = ((logits - t * seen.float()).argmax(1) == labels).double()
+        points.append((float(right[~own].mean()), float(right[own].mean())))  # (unseen, seen)
+    assert points[0][0] == 0 and points[-1][1] == 0  # from all predicted seen to all predicted unseen
+    return 100.0 * sum((u1 - u0) * (s0 + s1) / 2 for (u0, s0), (u1, s1) in zip(points, points[1:]))
+
+
+def test_run_writes_contract_metrics_and_report(first_run, dataset):
     root, _ = first_run
     metrics = json.loads((root / "out" / "metrics.json").read_text())
     assert metrics["dataset"] == "features"
@@ -57,16 +115,30 @@ def test_run_writes_contract_metrics_and_report(first_run):
     for scores in metrics["methods"].values():
         assert set(scores) == METRIC_KEYS | GENERAL_KEYS
         assert scores["audio_s"] == scores["A_s"] and scores["all[video]"] == scores["A_u+B_s"]
-    assert 0 <= metrics["diagnostics"]["dmss_routing_accuracy"] <= 100
+    _, predictions = evaluation_outputs(root / "ws", root / "out")
+    check_accuracies(metrics, predictions)
+    # DMSS's routing accuracy (method B+O+D, every test sample with both modalities)
+    assert metrics["diagnostics"]["dmss_routing_accuracy"] == pytest.approx(
+        routing_from_predictions(predictions, metrics["classes"]["seen"], "B+O+D", "all"), abs=1e-4)
     report = (root / "out" / "report.md").read_text()
     cscf = metrics["methods"]["CSCF"]
     assert f"{cscf['A_s+B_u']:.2f}" in report and f"{cscf['acc_mix']:.2f}" in report
     # seen classes are learned even in 4 epochs on this easy data
     assert cscf["A_s"] > 60 and cscf["B_s"] > 60
     # issue 6: the seen/unseen trade-off per modality, Table 1 without calibration, the figure
-    for modality in ("audio", "video"):
+    from cscf_model import model_from_checkpoint
+    from tasks.training.mmhcl_data import load_mmhcl
+
+    keys = _run_flow(root, dataset)["keys"]  # all cached: the first run's keys
+    data = load_mmhcl(root / "ws", keys["features"], keys["split"], keys["class_embeddings"], parts=("test",))
+    model = model_from_checkpoint(torch.load(root / "ws" / "train" / f"{keys['train[CSCF]']}.pt", weights_only=True))
+    for m, modality in enumerate(("audio", "video")):
         su = metrics["diagnostics"]["seen_unseen"][modality]
-        assert 0 <= su["ausuc"] <= 100 and su["seen_acc"] == pytest.approx(cscf["A_s" if modality == "audio" else "B_s"])
+        assert su["seen_acc"] == pytest.approx(cscf["A_s" if modality == "audio" else "B_s"])
+        rows = data.test.available[:, m]  # the modality's raw logits (K mean), on its test samples
+        with torch.no_grad():
+            logits = model.eval().modality_logits(m, data.test.features[m][rows]).mean(0)
+        assert su["ausuc"] == pytest.approx(ausuc_by_sweep(logits, data.test.labels[rows], data.seen[m]), abs=1e-3)
     assert set(metrics["diagnostics"]["CSCF_uncalibrated"]) == METRIC_KEYS | GENERAL_KEYS
     ceiling = metrics["diagnostics"]["routing_ceiling"]
     assert ceiling["all"] >= min(ceiling["all[audio]"], ceiling["all[video]"]) and "routing ceiling" in report
