@@ -73,11 +73,13 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "predict_samples_per_s": ("samples/s", "cscf predict streaming a Parquet file (read, check, CSCF, write)"),
     "predict_bare_samples_per_s": ("samples/s", "CSCF forward alone on the same samples, tensors in memory"),
     "predict_ratio": ("x", "cscf predict / bare forward throughput (1 = no overhead)"),
-    "predict_1m_input_mb": ("MiB", "size of the 1-million-sample input file (64-d + 48-d vectors)"),
-    "predict_1m_peak_rss_mb": ("MiB", "peak resident memory of cscf predict on it (one-linear-mapper model)"),
-    "predict_1m_loaded_rss_mb": ("MiB", "the same process once imports and model are loaded"),
-    "predict_1m_s": ("s", "wall time of that prediction, process start included"),
-    "predict_250k_peak_rss_mb": ("MiB", "the same peak on a 250,000-sample input (bounded: about equal)"),
+    "predict_1m_rows_one_group_peak_rss_mb": ("MiB", "peak resident memory (own VmHWM) of a process predicting "
+                                              "1,000,000 rows in ONE row group (one-linear-mapper model)"),
+    "predict_1m_rows_small_groups_peak_rss_mb": ("MiB", "the same rows in 65,536-row groups"),
+    "predict_1m_rows_loaded_rss_mb": ("MiB", "that process once imports and model are loaded"),
+    "predict_peak_rss_one_group_ratio": ("x", "one-row-group / small-row-groups peak (bounded: ~1, target <= 1.5)"),
+    "predict_1m_rows_input_mb": ("MiB", "size of the 1,000,000-row input file (600,000 samples, 64-d + 48-d vectors)"),
+    "predict_1m_rows_s": ("s", "wall time of that prediction (small groups), process start included"),
     "wall_s": ("s", "wall time of all the benchmarks"),
 }
 

@@ -3,13 +3,17 @@
 Throughput: both score the same samples (both modalities, a third with one only) with
 the same model folder; the bare forward gets its tensors in memory, batch by batch,
 before the clock starts, so the ratio prices reading Parquet, checking rows, building
-tensors, the softmax/top-k and writing Parquet. Peak memory: a child process predicts a
-1-million-sample file (generated in a temporary folder, streamed) and reports its
-maximum resident set size, next to the same child's size once the model is loaded and
-to the peak on a quarter of the input: bounded streaming means the peak does not grow
-with the input. The memory run
-uses a one-linear-mapper model so that it takes a minute on 2 cores: memory depends on
-the batch and the vectors, not on the mappers' width.
+tensors, the softmax/top-k and writing Parquet.
+
+Peak memory: a child process predicts a 1,000,000-row file (generated in a temporary
+folder) written as ONE row group, as pyarrow's writer makes them, and another child the
+same rows in 65,536-row groups; each reports its own high-water mark (VmHWM). Not
+ru_maxrss: a child's starts at its parent's resident size at exec (Linux), so it
+reported the benchmark process's peak, grown by the benchmarks run before. Bounded
+streaming means the one-group peak is about the small-groups one
+(predict_peak_rss_one_group_ratio, target <= 1.5; reading whole row groups gave 1.56).
+The memory run uses a one-linear-mapper model: memory depends on the batch and the
+vectors, not on the mappers' width.
 
     python -m benchmarks --only predict [--full]
 """
@@ -17,7 +21,6 @@ the batch and the vectors, not on the mappers' width.
 from __future__ import annotations
 
 import json
-import resource
 import subprocess
 import sys
 import tempfile
@@ -36,7 +39,8 @@ from tasks.serving.predict import BATCH_ROWS, predict_file
 DIMS = (64, 48)
 CLASSES = 32
 SAMPLES = {"default": 20_000, "full": 100_000}
-MEMORY_SAMPLES = 1_000_000
+MEMORY_ROWS = 1_000_000  # rows of the memory run's input: 600,000 samples, a third unimodal
+SMALL_GROUP_ROWS = 65_536
 DMSS = {"router": "dmss", "fusion": "csmf", "unimodal": "stacking"}
 
 
@@ -53,25 +57,22 @@ def make_model_folder(folder: Path, **overrides: object) -> Path:
     return save_model(folder, checkpoint, "minilm", {"mode": "offline", "n_descriptions": 1, "offline_template": []})
 
 
-def write_input(path: Path, samples: int, chunk: int = 100_000) -> Path:
-    """Long-form rows of `samples` samples, written chunk by chunk: a third show modality a only."""
+def write_input(path: Path, samples: int, row_group_rows: int = SMALL_GROUP_ROWS) -> Path:
+    """Long-form rows of `samples` samples (a third show modality a only), rows of a sample
+    adjacent, in row groups of `row_group_rows` rows."""
     rng = np.random.default_rng(0)
-    schema = pa.schema([("sample_id", pa.string()), ("modality", pa.string()), ("vector", pa.list_(pa.float32()))])
-    with pq.ParquetWriter(path, schema) as writer:
-        for start in range(0, samples, chunk):
-            ids = np.arange(start, min(start + chunk, samples))
-            both = ids % 3 != 0
-            rows_id, rows_mod, vectors = [], [], []
-            for modality, dim, mask in (("a", DIMS[0], np.ones(len(ids), bool)), ("b", DIMS[1], both)):
-                n = int(mask.sum())
-                rows_id.append(np.char.add("s", ids[mask].astype(str)))
-                rows_mod.append(np.full(n, modality))
-                flat = rng.standard_normal(n * dim, dtype=np.float32)
-                vectors.append(pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * dim), pa.array(flat)))
-            order = np.argsort(np.concatenate(rows_id), kind="stable")  # rows of a sample adjacent
-            table = pa.table({"sample_id": pa.array(np.concatenate(rows_id)), "modality": pa.array(np.concatenate(rows_mod)),
-                              "vector": pa.concat_arrays(vectors)}).take(pa.array(order))
-            writer.write_table(table)
+    ids = np.arange(samples)
+    rows_id, rows_mod, vectors = [], [], []
+    for modality, dim, mask in (("a", DIMS[0], np.ones(samples, bool)), ("b", DIMS[1], ids % 3 != 0)):
+        n = int(mask.sum())
+        rows_id.append(np.char.add("s", ids[mask].astype(str)))
+        rows_mod.append(np.full(n, modality))
+        flat = rng.standard_normal(n * dim, dtype=np.float32)
+        vectors.append(pa.ListArray.from_arrays(pa.array(np.arange(n + 1, dtype=np.int32) * dim), pa.array(flat)))
+    order = np.argsort(np.concatenate(rows_id), kind="stable")
+    table = pa.table({"sample_id": pa.array(np.concatenate(rows_id)), "modality": pa.array(np.concatenate(rows_mod)),
+                      "vector": pa.concat_arrays(vectors)}).take(pa.array(order))
+    pq.write_table(table, path, row_group_size=row_group_rows)
     return path
 
 
@@ -109,42 +110,57 @@ def _throughput(folder: Path, samples: int) -> dict[str, float]:
 
 
 _CHILD = """
-import json, resource, sys
+import json, sys
 from pathlib import Path
 from tasks.store.model_file import load_model
 from tasks.serving.predict import predict_file
+
+def high_water_kb():
+    return int(next(line for line in open("/proc/self/status") if line.startswith("VmHWM")).split()[1])
+
 trained = load_model(Path(sys.argv[1]))
-loaded = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+loaded = high_water_kb()
 tally = predict_file(trained, Path(sys.argv[2]), Path(sys.argv[3]))
-print(json.dumps({"loaded_kb": loaded, "peak_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-                  "samples": tally.samples}))
+print(json.dumps({"loaded_kb": loaded, "peak_kb": high_water_kb(), "samples": tally.samples}))
 """
 
 
-def _peak_memory(folder: Path, samples: int) -> dict[str, float]:
-    """Peak and after-load resident memory (MiB) of a child predicting `samples` samples, and its time."""
-    model = make_model_folder(folder / "small-model", mappers=({"kind": "linear"},))
-    data = write_input(folder / f"input-{samples}.parquet", samples)
+def peak_memory(model: Path, data: Path, out: Path, samples: int) -> dict[str, float]:
+    """Resident high-water mark (MiB) of a fresh process predicting `data` (`samples` samples)
+    with `model`, once the model is loaded and at the end, and its wall time, start included."""
     began = time.perf_counter()
-    out = subprocess.run([sys.executable, "-c", _CHILD, str(model), str(data), str(folder / "memory-out.parquet")],
-                         check=True, capture_output=True, text=True)
+    done = subprocess.run([sys.executable, "-c", _CHILD, str(model), str(data), str(out)],
+                          check=True, capture_output=True, text=True)
     seconds = time.perf_counter() - began
-    figures = json.loads(out.stdout.strip().splitlines()[-1])
-    assert figures["samples"] == samples
-    return {"input_mb": data.stat().st_size / 2**20, "peak_rss_mb": figures["peak_kb"] / 1024,
-            "loaded_rss_mb": figures["loaded_kb"] / 1024, "s": seconds}
+    figures = json.loads(done.stdout.strip().splitlines()[-1])
+    assert figures["samples"] == samples == pq.read_metadata(out).num_rows
+    return {"peak_rss_mb": figures["peak_kb"] / 1024, "loaded_rss_mb": figures["loaded_kb"] / 1024, "s": seconds,
+            "input_mb": data.stat().st_size / 2**20}
+
+
+def _memory(folder: Path, rows: int) -> dict[str, float]:
+    """Peak memory of predicting `rows` rows written as one row group, and in small ones."""
+    model = make_model_folder(folder / "small-model", mappers=({"kind": "linear"},))
+    samples = rows * 3 // 5  # two rows for two samples in three, one for the third
+    peaks = {}
+    for name, group in (("one_group", rows), ("small_groups", SMALL_GROUP_ROWS)):
+        data = write_input(folder / f"input-{name}.parquet", samples, group)
+        peaks[name] = peak_memory(model, data, folder / f"out-{name}.parquet", samples)
+        data.unlink()
+    one, small = peaks["one_group"], peaks["small_groups"]
+    return {"predict_1m_rows_one_group_peak_rss_mb": one["peak_rss_mb"],
+            "predict_1m_rows_small_groups_peak_rss_mb": small["peak_rss_mb"],
+            "predict_1m_rows_loaded_rss_mb": small["loaded_rss_mb"],
+            "predict_peak_rss_one_group_ratio": one["peak_rss_mb"] / small["peak_rss_mb"],
+            "predict_1m_rows_input_mb": one["input_mb"], "predict_1m_rows_s": small["s"]}
 
 
 def run(full: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory(prefix="cscf-bench-predict-") as tmp:
         figures = _throughput(Path(tmp), SAMPLES["full" if full else "default"])
-        million = _peak_memory(Path(tmp), MEMORY_SAMPLES)
-        quarter = _peak_memory(Path(tmp), MEMORY_SAMPLES // 4)
-    figures |= {f"predict_1m_{k}": v for k, v in million.items()}
-    figures["predict_250k_peak_rss_mb"] = quarter["peak_rss_mb"]
+        figures |= _memory(Path(tmp), MEMORY_ROWS)
     return figures
 
 
 if __name__ == "__main__":
     print(run("--full" in sys.argv))
-    print("max rss of this process (MiB):", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)

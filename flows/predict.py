@@ -20,7 +20,7 @@ from prefect.cache_policies import NO_CACHE
 from pydantic import BaseModel, Field, model_validator
 
 from tasks.serving.outputs import concatenate, record_output, resolved_model, summary_lines, write_summary
-from tasks.serving.predict import BATCH_ROWS, TOP_K, Tally, input_files, predict_file
+from tasks.serving.predict import BATCH_ROWS, TOP_K, Tally, check_predict_input, input_files, predict_file
 from tasks.store import catalog
 from tasks.store.model_file import TrainedModel, load_model
 
@@ -53,7 +53,10 @@ class PredictParams(BaseModel):
         return self
 
     def check_inputs(self) -> TrainedModel:
-        """Fail before any work on a missing input, an unusable model, or a manifest the model cannot read."""
+        """Fail before any work (`cscf predict` calls this before Prefect starts, so a bad
+        input is one line, once) on a missing input, an unusable model, a manifest the model
+        cannot read, or features the model cannot read (check_predict_input: Parquet footers,
+        modalities, vector lengths)."""
         for what, path in (("features", self.features), ("manifest", self.manifest), ("classes", self.classes)):
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{path}: {what} file not found")
@@ -61,6 +64,8 @@ class PredictParams(BaseModel):
         if self.manifest and not trained.meta.get("extraction"):
             raise ValueError(f"{self.model}: this model was trained on features that did not come from media; "
                              "--manifest needs a model trained with `cscf run --manifest`")
+        if self.features:
+            check_predict_input(trained, Path(self.features))
         return trained
 
 

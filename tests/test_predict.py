@@ -3,6 +3,7 @@ streaming, open vocabulary, and bad inputs as one-line errors with no output lef
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 from pathlib import Path
@@ -15,8 +16,9 @@ import pytest
 import torch
 
 from tasks.store import catalog
-from tasks.store.model_file import META, WEIGHTS, load_model
-from tasks.serving.predict import predict_file
+from tasks.store.inputs import InputError
+from tasks.store.model_file import FORMAT_VERSION, META, WEIGHTS, checksums, load_model
+from tasks.serving.predict import check_predict_input, open_parquet, predict_file, record_batches
 from tiny_data import CLASSES, write_dataset
 
 
@@ -55,7 +57,8 @@ def test_model_folder_rebuilds_the_trained_model_without_unpickling(run):
     checkpoints = [torch.load(p, weights_only=False) for p in (run / "ws" / "train").glob("*.pt")]
     checkpoint = next(c for c in checkpoints if c["config"]["name"] == "CSCF")
     trained = load_model(folder)
-    assert meta["format_version"] == 1 and [m["name"] for m in meta["modalities"]] == ["audio", "video"]
+    assert meta["format_version"] == FORMAT_VERSION and [m["name"] for m in meta["modalities"]] == ["audio", "video"]
+    assert set(meta["checksums"][META]) == set(meta) - {"checksums"}
     assert {m["name"]: m["dim"] for m in meta["modalities"]} == {"audio": 16, "video": 12}
     assert sorted(meta["seen"]["audio"] + meta["seen"]["video"]) == sorted(CLASSES)
     assert meta["class_embeddings"]["encoder"] == "minilm" and meta["descriptions"]["mode"] == "offline"
@@ -152,6 +155,70 @@ def test_samples_showing_one_modality_and_bad_rows(run, tmp_path):
     assert set(tally.summary()["accuracy_by_modalities"]) == {"audio", "audio+video"}
 
 
+def _with_blank_ids(features: pd.DataFrame, where: dict[int, str | None]) -> pd.DataFrame:
+    """`features` with rows inserted so that row i of the result has sample_id where[i] (None or "")."""
+    rows = features.reset_index(drop=True)
+    for i, blank in sorted(where.items()):
+        row = rows.iloc[[i % len(features)]].assign(sample_id=[blank])
+        rows = pd.concat([rows.iloc[:i], row, rows.iloc[i:]], ignore_index=True)
+    return rows
+
+
+def test_rows_without_a_sample_id_are_set_aside_and_counted_wherever_they_are(run, tmp_path):
+    """Null or "" ids: first row, the last row of a 7-row batch, mid-batch, the file's last row."""
+    trained = load_model(run / "out" / "model")
+    features = _features(run)
+    reference = tmp_path / "reference.parquet"
+    predict_file(trained, run / "in" / "features.parquet", reference)
+    expected = pq.read_table(reference).to_pandas().set_index("sample_id").sort_index()
+    blanks = _with_blank_ids(features, {0: None, 6: None, 20: "", len(features) + 3: None})
+    assert blanks["sample_id"].isna().tolist()[6] and blanks["sample_id"].iloc[-1] is None
+    out = tmp_path / "out.parquet"
+    tally = predict_file(trained, _write(blanks, tmp_path / "blanks.parquet"), out, batch_rows=7)
+    got = pq.read_table(out).to_pandas().set_index("sample_id").sort_index()
+    assert dict(tally.rejected) == {"empty sample_id": 4} and tally.samples == len(expected)
+    pd.testing.assert_series_equal(got["predicted_class"], expected["predicted_class"])
+    # every row without an id: all set aside, none predicted
+    nothing = _write(features.iloc[:10].assign(sample_id=[None, ""] * 5), tmp_path / "nothing.parquet")
+    tally = predict_file(trained, nothing, tmp_path / "nothing-out.parquet", batch_rows=3)
+    assert tally.rejected["empty sample_id"] == 10 and tally.samples == 0
+    assert pq.read_metadata(tmp_path / "nothing-out.parquet").num_rows == 0
+
+
+def test_rows_without_a_sample_id_reach_the_summary_and_the_log(run, tmp_path):
+    from tasks.serving.outputs import summary_lines
+
+    blanks = _with_blank_ids(_features(run), {0: None, 9: "", 30: None})
+    out = tmp_path / "pred.parquet"
+    assert _predict_cli(run, _write(blanks, tmp_path / "blanks.parquet"), out) == 0
+    summary = json.loads(out.with_suffix(".summary.json").read_text())
+    assert summary["rejected_rows"]["empty sample_id"]["rows"] == 3
+    assert summary["samples"] == _features(run)["sample_id"].nunique() == pq.read_metadata(out).num_rows
+    assert any(line.startswith("3 row(s) set aside: empty sample_id") for line in summary_lines(summary))
+
+
+def test_a_large_row_group_is_read_in_slices(tmp_path):
+    """One 200,000-row group (53 MB of vectors) read 10,000 rows at a time: what Arrow holds
+    at once stays far below the group (measured: 14 MB, the read buffers and the sample_id
+    dictionary; reading the group whole: 102 MB)."""
+    rows, dim = 200_000, 64
+    table = pa.table({"sample_id": pa.array(np.char.add("s", np.arange(rows).astype(str))),
+                      "modality": pa.array(np.full(rows, "audio")),
+                      "vector": catalog.vector_column(np.random.default_rng(0).standard_normal((rows, dim)))})
+    path = tmp_path / "one-group.parquet"
+    pq.write_table(table, path, row_group_size=rows)
+    whole = table.nbytes
+    del table
+    file = open_parquet(path)
+    assert file.num_row_groups == 1
+    before, most, sizes = pa.total_allocated_bytes(), 0, []
+    for batch in record_batches(file, 10_000, ["sample_id", "modality", "vector"]):
+        most = max(most, pa.total_allocated_bytes() - before)
+        sizes.append(len(batch))
+    assert sum(sizes) == rows and max(sizes) == 10_000
+    assert most < whole / 2, (most, whole)
+
+
 def test_a_class_added_by_name_is_described_embedded_cached_and_unseen(run, tmp_path):
     classes = tmp_path / "classes.csv"
     pd.DataFrame({"class_name": [*CLASSES, "thunder rumbling"]}).to_csv(classes, index=False)
@@ -192,6 +259,129 @@ def test_unknown_modality_and_wrong_length_are_one_line_errors(run, tmp_path, ca
     short = features.assign(vector=vectors)
     code = _predict_cli(run, _write(short, tmp_path / "short.parquet"), out)
     _assert_one_line_error(capsys, code, out, "short.parquet", repr(short["modality"].iloc[3]), "length")
+
+
+def _edit_meta(folder: Path, edit) -> None:
+    meta = json.loads((folder / META).read_text())
+    edit(meta)
+    (folder / META).write_text(json.dumps(meta))
+
+
+def _reseal(folder: Path) -> None:
+    """Record both files' checksums again: a folder edited consistently, as a forger would."""
+    weights = hashlib.sha256((folder / WEIGHTS).read_bytes()).hexdigest()
+    _edit_meta(folder, lambda meta: meta.update(checksums=checksums(meta, weights)))
+
+
+def _one_d_seen_weights(folder: Path) -> None:
+    from safetensors.torch import load_file, save_file
+
+    state = load_file(str(folder / WEIGHTS))
+    save_file({**state, "seen": state["seen"][0].contiguous()}, str(folder / WEIGHTS))
+    _reseal(folder)
+
+
+def _flip_a_weight_byte(folder: Path) -> None:
+    raw = bytearray((folder / WEIGHTS).read_bytes())
+    raw[-3] ^= 0xFF  # in the last tensor's data
+    (folder / WEIGHTS).write_bytes(bytes(raw))
+
+
+MODEL_EDITS = {  # what is done to a copy of the model folder -> (file named, words of the one line)
+    "missing key": (lambda f: _edit_meta(f, lambda m: m.pop("class_names")), META, ["'class_names'", "missing"]),
+    "wrong type": (lambda f: _edit_meta(f, lambda m: m["modalities"][0].update(dim="16")), META,
+                   ["'modalities[0].dim'", "expected a number"]),
+    "wrong config type": (lambda f: _edit_meta(f, lambda m: m["model_config"].update(top_k="3")), META,
+                          ["'model_config.top_k'"]),
+    "edited class order": (lambda f: _edit_meta(f, lambda m: m["class_names"].reverse()), META,
+                           ["does not match its checksum (edited?)", "'class_names'"]),
+    "edited weights": (_flip_a_weight_byte, WEIGHTS, ["corrupted", "checksum"]),
+    "1-D seen in model.json": (lambda f: _edit_meta(f, lambda m: m.update(seen=m["class_names"])), META,
+                               ["'seen'", "expected an object, got a list"]),
+    "1-D seen in the weights": (_one_d_seen_weights, WEIGHTS, ["'seen'", "shape [6]", "[2, 6]"]),
+    "huge dim": (lambda f: _edit_meta(f, lambda m: m["modalities"][0].update(dim=10**12)), META,
+                 ["'modalities[0].dim'", "1..65536", "1000000000000"]),
+    "huge hidden width": (lambda f: _edit_meta(f, lambda m: m["model_config"]["mappers"][1].update(hidden=[2**40])),
+                          META, ["'model_config.mappers[1].hidden[0]'"]),
+    "dim the weights do not have": (lambda f: (_edit_meta(f, lambda m: m["modalities"][0].update(dim=4096)),
+                                               _reseal(f)), WEIGHTS, ["'in_mean_0'", "[16]", "[4096]"]),
+    "old format version": (lambda f: _edit_meta(f, lambda m: m.update(format_version=1)), META,
+                           ["version 1", f"reads version {FORMAT_VERSION}"]),
+}
+
+
+@pytest.mark.parametrize("case", list(MODEL_EDITS))
+def test_model_json_is_checked_as_a_whole_and_covered_by_the_checksum(run, tmp_path, capsys, case):
+    import shutil
+
+    from flows.cli import main
+
+    edit, named, words = MODEL_EDITS[case]
+    folder = tmp_path / "model"
+    shutil.copytree(run / "out" / "model", folder)
+    load_model(folder)  # the copy loads before the edit
+    edit(folder)
+    out = tmp_path / "o.parquet"
+    code = main(["predict", "--model", str(folder), "--features", str(run / "in" / "features.parquet"),
+                 "--out", str(out), "--workspace", str(run / "ws")])
+    _assert_one_line_error(capsys, code, out, f"cscf: error: {folder / named}: ", *words)
+
+
+@pytest.mark.parametrize("unreadable", [META, WEIGHTS])
+def test_an_unreadable_model_file_is_one_line_naming_it(run, tmp_path, capsys, monkeypatch, unreadable):
+    from flows.cli import main
+
+    locked, opened = run / "out" / "model" / unreadable, Path.open
+
+    def refuse(self, *args, **kwargs):
+        if self == locked:
+            raise PermissionError(13, "Permission denied", str(self))
+        return opened(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "open", refuse)
+    out = tmp_path / "o.parquet"
+    code = _predict_cli(run, run / "in" / "features.parquet", out)
+    _assert_one_line_error(capsys, code, out, f"cscf: error: {locked}: cannot read the model file (Permission denied)")
+
+
+def test_an_unknown_modality_is_found_before_the_flow_starts_and_said_once(run, tmp_path, capsys, monkeypatch):
+    import flows.predict
+
+    def no_flow(params):
+        raise AssertionError("the flow started before the input was checked")
+
+    monkeypatch.setattr(flows.predict, "cscf_predict", no_flow)
+    features = _features(run)
+    features.loc[features.index[-1], "modality"] = "depth"  # the file's last row: past any sample of rows
+    source = _write(features, tmp_path / "deep.parquet")
+    out = tmp_path / "out" / "d.parquet"
+    code = _predict_cli(run, source, out)
+    err = capsys.readouterr().err
+    assert code == 1 and [line for line in err.splitlines() if "cscf: error:" in line] == [
+        f"cscf: error: {source}: modality 'depth' (row {len(features) - 1}, sample_id "
+        f"{features['sample_id'].iloc[-1]!r}) is not one of the model's modalities ['audio', 'video']"]
+    assert err.count("depth") == 1 and "Traceback" not in err
+
+
+def test_input_check_reads_the_schema_widths_and_columns(run, tmp_path):
+    trained = load_model(run / "out" / "model")
+    audio = _features(run).query("modality == 'audio'")
+    fixed = pa.table({"sample_id": audio["sample_id"], "modality": audio["modality"],
+                      "vector": pa.FixedSizeListArray.from_arrays(pa.array(np.concatenate(audio["vector"].tolist()),
+                                                                           pa.float32()), 16)})
+    pq.write_table(fixed, tmp_path / "fixed.parquet")
+    check_predict_input(trained, tmp_path / "fixed.parquet")  # 16 values per row: audio's length
+    pq.write_table(fixed.set_column(1, "modality", pa.array(["video"] * len(audio))), tmp_path / "wide.parquet")
+    with pytest.raises(InputError, match=r"wide.parquet: modality 'video' needs vectors of length 12, the file's "
+                                         r"'vector' column holds 16 values per row"):
+        check_predict_input(trained, tmp_path / "wide.parquet")
+    pq.write_table(fixed.drop_columns(["modality"]), tmp_path / "no-modality.parquet")
+    with pytest.raises(InputError, match=r"no-modality.parquet: missing required column\(s\) \['modality'\]"):
+        check_predict_input(trained, tmp_path / "no-modality.parquet")
+    (tmp_path / "folder").mkdir()
+    (tmp_path / "folder" / "bad.parquet").write_bytes(b"not parquet")
+    with pytest.raises(InputError, match=r"bad.parquet: not readable as Parquet"):
+        check_predict_input(trained, tmp_path / "folder")
 
 
 def test_missing_corrupted_or_incompatible_model_files_are_one_line_errors(run, tmp_path, capsys):
@@ -244,13 +434,30 @@ def test_offline_description_template_is_a_file(tmp_path):
         DescriptionSettings(mode="offline", offline_template=template).cache_fields()
 
 
-def test_prediction_benchmark_runs_at_a_tiny_size(tmp_path):
+def test_prediction_benchmark_predicts_what_the_model_computes(tmp_path):
+    """The benchmark's streamed output against the model's forward on tensors built here, row
+    by row, from the input file: every sample once, its modalities, class and probability."""
     from benchmarks import predict as bench
 
-    figures = bench._throughput(tmp_path, 300)
-    assert figures["predict_samples_per_s"] > 0 and figures["predict_bare_samples_per_s"] > 0
-    out = pq.read_table(tmp_path / "out.parquet")
-    assert len(out) == 300 and sorted(set(map(len, out["modalities"].to_pylist()))) == [1, 2]
+    bench._throughput(tmp_path, 300)
+    rows = pq.read_table(tmp_path / "input.parquet").to_pandas()
+    out = pq.read_table(tmp_path / "out.parquet").to_pandas()
+    trained = load_model(tmp_path / "model")
+    ids = sorted(set(rows["sample_id"]))
+    position = {s: i for i, s in enumerate(ids)}
+    features = [torch.zeros(len(ids), d) for d in bench.DIMS]
+    present = torch.zeros(len(ids), 2, dtype=torch.bool)
+    for sample_id, modality, vector in rows[["sample_id", "modality", "vector"]].itertuples(index=False):
+        m = trained.modalities.index(modality)
+        features[m][position[sample_id]] = torch.tensor(vector)
+        present[position[sample_id], m] = True
+    with torch.no_grad():
+        probability, best = trained.model(features, present).fused.softmax(-1).max(-1)
+    got = out.set_index("sample_id").loc[ids]
+    assert len(out) == len(ids) == 300 and present[:, 1].sum() == 200
+    assert got["modalities"].map(list).tolist() == [["a", "b"] if p[1] else ["a"] for p in present.tolist()]
+    assert got["predicted_class"].tolist() == [trained.class_names[i] for i in best.tolist()]
+    np.testing.assert_allclose(got["probability"], probability.double().numpy(), rtol=1e-5)
 
 
 def test_classes_unseen_by_every_modality_get_the_dominant_margin_on_bimodal_samples():

@@ -12,10 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from tasks.serving.open_vocab import model_over_classes
-from tasks.serving.predict import Tally, record_batches
+from tasks.serving.predict import Tally, open_parquet, record_batches
 from tasks.store import catalog
 from tasks.store.model_file import META, TrainedModel, load_model
 
@@ -36,7 +35,7 @@ def concatenate(parts: list[Path], out: Path, batch_rows: int) -> None:
     """Join the per-file outputs into one file, a record batch at a time."""
     with catalog.batch_writer(out, catalog.PREDICTED) as write:
         for part in parts:
-            for batch in record_batches(pq.ParquetFile(part), batch_rows, catalog.PREDICTED.names):
+            for batch in record_batches(open_parquet(part), batch_rows, catalog.PREDICTED.names):
                 write(pa.Table.from_batches([batch]))
 
 

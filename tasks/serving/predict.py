@@ -2,9 +2,12 @@
 
 Input is the long form of CONTRACTS section 1 (`class_name` and `split` optional); each
 sample shows any non-empty subset of the model's modalities. A file is read in record
-batches and written batch by batch, so memory stays bounded whatever the input size.
-Rows of one sample must be adjacent for that; a file whose rows are not grouped by
-sample is first sorted by DuckDB out of core (into a temporary file), not loaded.
+batches (a large row group in slices, never whole) and written batch by batch, so memory
+stays bounded whatever the input's size and row-group size. Rows of one sample must be
+adjacent for that; a file whose rows are not grouped by sample is first sorted by DuckDB
+out of core (into a temporary file), not loaded. Rows without a sample_id (null or "")
+are set aside and counted wherever they are. `check_predict_input` is the cheap check of
+an input (footer, modalities, vector lengths) done before any prediction starts.
 
 Scores come from `tasks.evaluation.scoring.cscf_predict(model)`, the function the
 evaluation stage scores CSCF with, so `cscf predict` and the evaluation cannot drift.
@@ -37,6 +40,9 @@ log = logging.getLogger("cscf.predict")
 
 TOP_K = 5
 BATCH_ROWS = 65_536  # input rows per record batch: about 30 MB of 100-d float32 vectors
+READ_BUFFER = 1 << 20  # bytes a Parquet column is read through, page by page (see open_parquet)
+SAMPLE_ROWS = 4096  # rows whose vector lengths check_predict_input reads from a list column
+REQUIRED = ("sample_id", "modality", "vector")
 SORT_MEMORY = "1GB"  # DuckDB's memory limit when it has to group a file by sample
 
 
@@ -85,6 +91,19 @@ def input_files(path: Path) -> list[Path]:
     return files
 
 
+def check_predict_input(trained: TrainedModel, features: Path) -> None:
+    """The checks that cost little, done before any prediction starts (and before Prefect
+    does): every input file is Parquet with the required columns, shows only the model's
+    modalities (the sample_id and modality columns alone are read, batch by batch) and
+    vectors of their lengths (a fixed_size_list's width, else the first SAMPLE_ROWS rows;
+    a wrong length further on is still found while predicting). InputError naming the file.
+    """
+    for path in input_files(features):
+        file = open_parquet(path)
+        input_columns(file, path)
+        _check_lengths(file, path, trained, _check_modalities(file, path, trained))
+
+
 def predict_file(trained: TrainedModel, source: Path, out: Path, top_k: int = TOP_K,
                  batch_rows: int = BATCH_ROWS) -> Tally:
     """Predict every sample of one Parquet file into `out` (CONTRACTS section 5), atomically."""
@@ -103,20 +122,42 @@ def predict_file(trained: TrainedModel, source: Path, out: Path, top_k: int = TO
 def sample_batches(path: Path, batch_rows: int, name: Path | None = None) -> Iterator[pa.Table]:
     """Record batches of a file grouped by sample, each holding whole samples only: the rows
     of the last sample of a batch wait for the next batch, where the sample may continue."""
-    file = _open(path, name or path)
-    columns = [c for c in ("sample_id", "class_name", "modality", "vector") if c in file.schema_arrow.names]
-    missing = {"sample_id", "modality", "vector"} - set(columns)
-    if missing:
-        raise InputError(f"{name or path}: missing required column(s) {sorted(missing)} (has {file.schema_arrow.names})")
+    file = open_parquet(path, name or path)
+    columns = input_columns(file, name or path)
     carry: pa.Table | None = None
     for batch in record_batches(file, batch_rows, columns):
         table = pa.Table.from_batches([batch])
         table = table if carry is None else pa.concat_tables([carry, table.cast(carry.schema)])
-        last = pc.equal(table["sample_id"], table["sample_id"][-1])
+        last = _last_sample(table["sample_id"])
         yield table.filter(pc.invert(last))
         carry = table.filter(last).combine_chunks()  # copies: no slice keeps a read batch alive
     if carry is not None and len(carry):
         yield carry
+
+
+def input_columns(file: pq.ParquetFile, name: Path) -> list[str]:
+    """The columns prediction reads; InputError naming the file if a required one is missing."""
+    names = file.schema_arrow.names
+    missing = sorted(set(REQUIRED) - set(names))
+    if missing:
+        raise InputError(f"{name}: missing required column(s) {missing} (has {names})")
+    return [c for c in ("sample_id", "class_name", "modality", "vector") if c in names]
+
+
+def _last_sample(sample_id: pa.ChunkedArray) -> pa.ChunkedArray:
+    """Rows of the batch's last sample with a sample_id, held back for the next batch.
+
+    Rows without one (null or "") are never held back: they are set aside in the batch they
+    came in (samples_to_tensors), wherever they are, even as the batch's last row."""
+    named = np.flatnonzero(_named(sample_id))
+    if not len(named):
+        return pa.chunked_array([np.zeros(len(sample_id), dtype=bool)], pa.bool_())
+    return pc.fill_null(pc.equal(sample_id, sample_id[int(named[-1])]), False)
+
+
+def _named(sample_id: pa.ChunkedArray | pa.Array) -> np.ndarray:
+    """(n,) bool: rows whose sample_id is neither null nor empty."""
+    return pc.fill_null(pc.not_equal(sample_id.cast(pa.string()), ""), False).to_numpy(zero_copy_only=False)
 
 
 def samples_to_tensors(
@@ -213,32 +254,79 @@ def predict_batch(trained: TrainedModel, ids: list[str], features: list[torch.Te
 
 
 def record_batches(file: pq.ParquetFile, batch_rows: int, columns: list[str]) -> Iterator[pa.RecordBatch]:
-    """The file's rows in batches of at most `batch_rows`, one row group in memory at a time.
-
-    Not ParquetFile.iter_batches: with a list<float> column its memory grew with every
-    batch read (pyarrow 25, measured: +12 MiB per 65,536-row batch), where reading row
-    group by row group stays flat."""
+    """The file's rows in batches of at most `batch_rows`, read a batch at a time whatever
+    the row-group size (pyarrow's writer makes groups of up to 1M rows) when the file was
+    opened by open_parquet. Row group by row group, so that no read spans two groups."""
     for group in range(file.num_row_groups):
-        yield from file.read_row_group(group, columns=columns).to_batches(max_chunksize=batch_rows)
+        yield from file.iter_batches(batch_size=batch_rows, row_groups=[group], columns=columns)
 
 
-def _open(path: Path, name: Path) -> pq.ParquetFile:
+def open_parquet(path: Path, name: Path | None = None) -> pq.ParquetFile:
+    """A Parquet file opened for streaming: not pre-buffered and read through a READ_BUFFER
+    buffer, so a batch costs its own rows' memory, not its row group's. pyarrow's defaults
+    read each column chunk of a group whole, even in iter_batches (measured, pyarrow 25,
+    1,000,000 rows of 64-d vectors in one row group, 65,536-row batches: 303 MiB of Arrow
+    memory alive with the defaults, 57 MiB with these settings; `cscf predict` on 1M rows
+    in one group peaked at 1.87 GB reading whole groups, 1.2 GB now, as with small groups).
+    InputError naming the file (`name`, default `path`) if it is not Parquet."""
     try:
-        return pq.ParquetFile(path)
+        return pq.ParquetFile(path, pre_buffer=False, buffer_size=READ_BUFFER)
     except (pa.ArrowInvalid, OSError) as e:
-        raise InputError(f"{name}: not readable as Parquet ({str(e).splitlines()[0]})") from None
+        raise InputError(f"{name or path}: not readable as Parquet ({str(e).splitlines()[0]})") from None
+
+
+def _check_modalities(file: pq.ParquetFile, path: Path, trained: TrainedModel) -> set[str]:
+    """The modalities the file shows, all of them the model's: InputError naming the first
+    row of another (row number and sample_id), two columns read a batch at a time."""
+    known, shown, start = pa.array(trained.modalities, pa.string()), set(), 0
+    for batch in record_batches(file, BATCH_ROWS, ["sample_id", "modality"]):
+        modality = batch.column(1).cast(pa.string())
+        known_rows = pc.fill_null(pc.is_in(modality, value_set=known), False).to_numpy(zero_copy_only=False)
+        if not known_rows.all():
+            i = int(np.flatnonzero(~known_rows)[0])
+            raise InputError(f"{path}: modality {modality[i].as_py()!r} (row {start + i}, sample_id "
+                             f"{batch.column(0)[i].as_py()!r}) is not one of the model's modalities "
+                             f"{trained.modalities}")
+        shown.update(pc.unique(modality).to_pylist())
+        start += len(batch)
+    return shown
+
+
+def _check_lengths(file: pq.ParquetFile, path: Path, trained: TrainedModel, shown: set[str]) -> None:
+    """Vectors of each shown modality's length: a fixed_size_list has one width for every
+    row; a list's lengths are read on the first SAMPLE_ROWS rows."""
+    vector, dims = file.schema_arrow.field("vector").type, trained.input_dims
+    if not (pa.types.is_list(vector) or pa.types.is_large_list(vector) or pa.types.is_fixed_size_list(vector)):
+        raise InputError(f"{path}: column 'vector' is {vector}, expected a list of floats")
+    if pa.types.is_fixed_size_list(vector):
+        wrong = sorted(m for m in shown if dims[m] != vector.list_size)
+        if wrong:
+            raise InputError(f"{path}: modality {wrong[0]!r} needs vectors of length {dims[wrong[0]]}, the file's "
+                             f"'vector' column holds {vector.list_size} values per row")
+        return
+    head = next(record_batches(file, SAMPLE_ROWS, ["sample_id", "modality", "vector"]), None)
+    if head is None:
+        return
+    sample_id, modality = head.column(0).to_pylist(), head.column(1).cast(pa.string()).to_pylist()
+    lengths = pc.fill_null(pc.list_value_length(head.column(2)), 0).to_pylist()
+    for i, (m, n) in enumerate(zip(modality, lengths)):
+        if n != dims[m]:
+            raise InputError(f"{path}: modality {m!r} needs vectors of length {dims[m]}, sample_id "
+                             f"{sample_id[i]!r} (row {i}) has {n}")
 
 
 def is_grouped(path: Path) -> bool:
-    """Whether the rows of every sample are adjacent: no sample id starts a second run of rows.
+    """Whether the rows of every sample are adjacent: no sample id starts a second run of rows
+    (rows without a sample_id, set aside wherever they are, do not break a run).
 
     Reads the sample_id column only, keeping one 64-bit hash per run of rows."""
-    file = _open(path, path)
+    file = open_parquet(path)
     if "sample_id" not in file.schema_arrow.names:
         return True  # sample_batches reports the missing column
     starts, previous = [], None
     for batch in record_batches(file, BATCH_ROWS, ["sample_id"]):
         ids = batch.column(0).cast(pa.string()).to_numpy(zero_copy_only=False)
+        ids = ids[_named(batch.column(0))]  # rows without a sample_id are set aside where they are
         new_run = np.ones(len(ids), dtype=bool)
         new_run[1:] = ids[1:] != ids[:-1]
         if len(ids) and previous is not None:

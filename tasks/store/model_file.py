@@ -2,9 +2,12 @@
 
 `save_model` / `load_model` are the only code that writes or reads it (CONTRACTS
 section 5). Loading never unpickles (safetensors holds tensors only, the rest is JSON),
-needs neither workspace nor training data, and refuses, with one line naming the file,
-a folder written by another format version, a missing file, or weights whose bytes do
-not match the checksum recorded beside them.
+needs neither workspace nor training data, and refuses, with one line naming the file
+(and the field of model.json), a folder written by another format version, a missing or
+unreadable file, a model.json that does not hold together (tasks/store/model_json.py),
+either file edited or corrupted since it was written (model.json records the checksum of
+the weights and of each of its own fields), or weights whose shapes differ from what
+model.json's settings build (compared on the safetensors header, before allocation).
 
 model.json records what prediction needs besides the weights: the modalities in model
 order with their feature lengths, the class names, each modality's seen classes by name
@@ -24,22 +27,21 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import SafetensorError
+from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from cscf_model import CSCF
-from cscf_model.config import config_from_dict
+from cscf_model.config import ModelConfig
+from cscf_model.mappers import build_mapper
 
 from tasks.store import catalog
 from tasks.store.caching import code_digest
+from tasks.store.model_json import ModelFileError, check_meta
 
-FORMAT_VERSION = 1
+# 2: model.json checked as a whole and covered by `checksums` (1 had the weights' checksum only).
+FORMAT_VERSION = 2
 WEIGHTS = "model.safetensors"
 META = "model.json"
-
-
-class ModelFileError(ValueError):
-    """A model folder that cannot be used; the message names the file."""
 
 
 @dataclass
@@ -102,9 +104,10 @@ def save_model(
         "train_config": checkpoint.get("train_config"),
         "extraction": extraction,
     }
+    meta = json.loads(json.dumps(meta))  # as load_model will read it back: tuples become lists
     with catalog.atomic_path(directory / WEIGHTS) as tmp:
         save_file(state, str(tmp), metadata={"format": "pt"})
-        meta["weights_sha256"] = _sha256(tmp)
+        meta["checksums"] = checksums(meta, _sha256(tmp))
     catalog.write_json(meta, directory / META)
     return directory
 
@@ -119,32 +122,110 @@ def export_model(
 
 
 def load_model(directory: Path) -> TrainedModel:
-    """Rebuild the trained CSCF from a model folder, in eval mode; ModelFileError if unusable."""
+    """Rebuild the trained CSCF from a model folder, in eval mode; ModelFileError if unusable.
+
+    In this order, so that nothing large is allocated for a file that does not hold together:
+    model.json as a whole (check_meta), both files against the checksums model.json records,
+    then the weights' shapes (read from the safetensors header) against what model.json's
+    settings build, and only then the model.
+    """
     directory = Path(directory)
     meta_path, weights_path = directory / META, directory / WEIGHTS
     for path in (meta_path, weights_path):
         if not path.is_file():
             raise ModelFileError(f"{path}: model file not found (a model folder holds {META} and {WEIGHTS})")
-    try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except (ValueError, UnicodeDecodeError) as e:
-        raise ModelFileError(f"{meta_path}: corrupted model file, not JSON ({e})") from None
-    if not isinstance(meta, dict) or meta.get("format_version") != FORMAT_VERSION:
-        found = meta.get("format_version") if isinstance(meta, dict) else None
-        raise ModelFileError(f"{meta_path}: model format version {found!r}, this cscf reads version {FORMAT_VERSION}")
-    if _sha256(weights_path) != meta.get("weights_sha256"):
-        raise ModelFileError(f"{weights_path}: corrupted model file (checksum differs from {META})")
+    meta = _read_meta(meta_path)
+    config = check_meta(meta, meta_path, WEIGHTS)
+    _check_checksums(meta, meta_path, weights_path)
+    _check_weight_shapes(meta, config, meta_path, weights_path)
     try:
         state = load_file(str(weights_path))
-        modalities = [m["name"] for m in meta["modalities"]]
-        model = CSCF(config_from_dict(meta["model_config"]), [int(m["dim"]) for m in meta["modalities"]],
-                     state["class_emb"], state["seen"], state["aligned"])
+        dims = [m["dim"] for m in meta["modalities"]]
+        model = CSCF(config, dims, state["class_emb"], state["seen"], state["aligned"])
         model.load_state_dict(state)
-    except (SafetensorError, KeyError, TypeError, ValueError, RuntimeError) as e:
+    except (SafetensorError, OSError, KeyError, TypeError, ValueError, RuntimeError) as e:
         raise ModelFileError(f"{directory}: model files do not fit together ({str(e).splitlines()[0]})") from None
-    if len(modalities) != model.seen.shape[0] or len(meta["class_names"]) != model.seen.shape[1]:
-        raise ModelFileError(f"{meta_path}: modalities or class names do not match the weights' seen matrix")
-    return TrainedModel(model.eval(), meta)
+    trained = TrainedModel(model.eval(), meta)
+    rows = zip(trained.modalities, model.seen.tolist())
+    seen = {m: {c for c, s in zip(trained.class_names, row) if s} for m, row in rows}
+    if seen != {m: set(names) for m, names in meta["seen"].items()}:
+        raise ModelFileError(f"{meta_path}: field 'seen' does not match the seen matrix of {WEIGHTS}")
+    return trained
+
+
+def checksums(meta: dict[str, Any], weights_sha256: str) -> dict[str, Any]:
+    """What model.json records under `checksums`: the SHA-256 of the weights file and of each
+    other field of model.json (its canonical JSON), so that an edit of either file since it
+    was written is refused, naming the edited field (a changed class order would otherwise
+    load silently and name every prediction wrongly)."""
+    fields = {k: v for k, v in meta.items() if k != "checksums"}
+    return {WEIGHTS: weights_sha256, META: {k: _digest(v) for k, v in sorted(fields.items())}}
+
+
+def _read_meta(path: Path) -> dict[str, Any]:
+    """model.json parsed, of this format version; ModelFileError naming the file otherwise."""
+    try:
+        meta = json.loads(path.read_bytes())
+    except OSError as e:
+        raise ModelFileError(f"{path}: cannot read the model file ({e.strerror or e})") from None
+    except ValueError as e:  # UnicodeDecodeError included
+        raise ModelFileError(f"{path}: corrupted model file, not JSON ({e})") from None
+    found = meta.get("format_version") if isinstance(meta, dict) else None
+    if found != FORMAT_VERSION:
+        raise ModelFileError(f"{path}: model format version {found!r}, this cscf reads version {FORMAT_VERSION} "
+                             "(export the model again with this cscf: `cscf run --out DIR`)")
+    return meta
+
+
+def _check_checksums(meta: dict[str, Any], meta_path: Path, weights_path: Path) -> None:
+    """Both files as they were written: model.json field by field, then the weights' bytes."""
+    recorded = meta["checksums"]
+    expected = checksums(meta, recorded[WEIGHTS])[META]
+    edited = sorted(k for k in expected.keys() | recorded[META].keys() if expected.get(k) != recorded[META].get(k))
+    if edited:
+        raise ModelFileError(f"{meta_path}: does not match its checksum (edited?); field(s) {edited}")
+    try:
+        digest = _sha256(weights_path)
+    except OSError as e:
+        raise ModelFileError(f"{weights_path}: cannot read the model file ({e.strerror or e})") from None
+    if digest != recorded[WEIGHTS]:
+        raise ModelFileError(f"{weights_path}: corrupted model file (checksum differs from {META})")
+
+
+def _check_weight_shapes(meta: dict[str, Any], config: ModelConfig, meta_path: Path, weights_path: Path) -> None:
+    """The weights' shapes, read from the safetensors header (no tensor loaded), against what
+    model.json's settings build: a mismatch is refused before the model is allocated."""
+    try:
+        with safe_open(str(weights_path), framework="pt") as f:
+            found = {name: list(f.get_slice(name).get_shape()) for name in f.keys()}
+    except (SafetensorError, OSError) as e:
+        raise ModelFileError(f"{weights_path}: not a readable safetensors file ({str(e).splitlines()[0]})") from None
+    try:
+        expected = _weight_shapes(config, [m["dim"] for m in meta["modalities"]], len(meta["class_names"]),
+                                  meta["class_embeddings"]["dim"])
+    except ValueError as e:  # a mapper kind or activation build_mapper does not know
+        raise ModelFileError(f"{meta_path}: field 'model_config.mappers': {e}") from None
+    for name, shape in expected.items():
+        if name not in found:
+            raise ModelFileError(f"{weights_path}: no tensor {name!r}, which the settings of {META} need")
+        if found[name] != shape:
+            raise ModelFileError(f"{weights_path}: tensor {name!r} has shape {found[name]}, "
+                                 f"the settings of {META} give {shape}")
+
+
+def _weight_shapes(config: ModelConfig, dims: list[int], n_classes: int, d_s: int) -> dict[str, list[int]]:
+    """The shapes of the tensors whose sizes the settings decide, as CSCF.__init__ makes them:
+    class buffers, input statistics, gates and every mapper (built on PyTorch's meta device,
+    so a large width costs no memory). Others (the learned router's) come from the file."""
+    shapes = {"class_emb": [n_classes, d_s], "seen": [len(dims), n_classes], "aligned": [len(dims)],
+              "margin": [len(dims)], "gates": [len(dims), len(config.mappers)]}
+    with torch.device("meta"):
+        for m, d in enumerate(dims):
+            shapes |= {f"in_mean_{m}": [d], f"in_std_{m}": [d]}
+            for k, mapper in enumerate(config.mappers):
+                module = build_mapper(mapper, d, d_s) if config.head == "semantic" else torch.nn.Linear(d, n_classes)
+                shapes |= {f"mappers.{m}.{k}.{name}": list(t.shape) for name, t in module.state_dict().items()}
+    return shapes
 
 
 def with_classes(trained: TrainedModel, class_names: list[str], new_embeddings: torch.Tensor) -> TrainedModel:
@@ -168,6 +249,12 @@ def with_classes(trained: TrainedModel, class_names: list[str], new_embeddings: 
     model.load_state_dict(state)
     meta = {**trained.meta, "class_names": list(class_names), "added_classes": added}
     return TrainedModel(model.eval(), meta)
+
+
+def _digest(value: Any) -> str:
+    """SHA-256 of a JSON value's canonical form (sorted keys, no spaces)."""
+    text = json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
 
 
 def _sha256(path: Path) -> str:
