@@ -14,6 +14,9 @@ their modalities the model is shown. CONTRACTS section 3 names them:
 
 acc_mix is the mean of every `<m>_s`, `<m>_u` and `all[<who>]` that has samples; for two
 disjoint modalities those are the paper's six subsets, in the paper's order.
+
+When every modality saw the same classes (the AV-GZSL protocol), `gzsl_scores` adds the
+generalized zero-shot figures S, U and H (see there).
 """
 
 from __future__ import annotations
@@ -97,6 +100,29 @@ def accuracy(pred: torch.Tensor, labels: torch.Tensor) -> float | None:
     if len(labels) == 0:
         return None
     return 100.0 * float((pred == labels).float().mean())
+
+
+def seen_sets_coincide(seen: torch.Tensor) -> bool:
+    """Whether every modality saw the same classes (seen (M, N) bool): the AV-GZSL protocol."""
+    return bool((seen == seen[:1]).all())
+
+
+def gzsl_scores(pred: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor) -> dict[str, float | None]:
+    """The generalized zero-shot figures of the AV-GZSL papers (ClipClap-GZSL, AVCA-GZSL):
+    `S`, top-1 accuracy (percent, over ALL classes) on the samples of seen classes; `U`, the
+    same on the samples of unseen classes; `H` = 2SU / (S + U), 0 when S + U = 0.
+
+    pred, labels (n,): predicted and true class of the samples scored; seen (N,) bool: the
+    classes seen in training (the same for every modality under that protocol). The
+    evaluation passes the `all` subset: test samples that show every modality, each shown
+    all of them, as those papers evaluate with audio and video both present. S or U is
+    None when it has no samples, and H then None too.
+    """
+    seen_class = seen[labels]
+    s = accuracy(pred[seen_class], labels[seen_class])
+    u = accuracy(pred[~seen_class], labels[~seen_class])
+    h = None if s is None or u is None else (2 * s * u / (s + u) if s + u > 0 else 0.0)
+    return {"S": s, "U": u, "H": h}
 
 
 def routing_accuracy(dominant: torch.Tensor, seen_by: torch.Tensor) -> float | None:

@@ -11,8 +11,8 @@ import pytest
 
 from tasks.store.inputs import InputError
 from tasks.training.split import check_seen, read_seen_file, resolve_seen, split_classes
-from test_pipeline import check_accuracies, evaluation_outputs
-from tiny_data import HETERO_CLASSES, HETERO_SEEN, hetero_rows, write_dataset
+from test_pipeline import check_accuracies, evaluation_outputs, routing_from_predictions
+from tiny_data import CLASSES, HETERO_CLASSES, HETERO_SEEN, hetero_rows, write_dataset
 
 NAMES = [f"class {i}" for i in range(9)]
 REFERENCE = Path(__file__).parent / "data" / "default_seed0_e5_before_seen_modes.json"
@@ -128,6 +128,85 @@ def test_three_modalities_from_the_data_and_from_a_file_agree(hetero, prefect_se
     report = (tmp_path / "data" / "out" / "report.md").read_text()
     assert "| all[audio+text]" in report or "all[audio+text] |" in report
     assert "`text` (C, 2 seen classes)" in report and "routing ceiling" in report
+    check_routing_by_pattern(by_data, predictions, report)
+
+
+def check_routing_by_pattern(metrics: dict, predictions: pd.DataFrame, report: str) -> None:
+    """diagnostics.routing_by_pattern: per all[<who>] subset, CSCF's routing accuracy counted
+    from its prediction rows (its learned router's dominant modality), its accuracy, the
+    routing ceiling and the number of samples; the report's table and run_summary show them."""
+    from tasks.evaluation.report import run_summary
+
+    d = metrics["diagnostics"]
+    by_pattern, seen = d["routing_by_pattern"], metrics["classes"]["seen"]
+    patterns = [k for k in metrics["methods"]["CSCF"] if k.startswith("all[")]
+    assert list(by_pattern) == patterns and sum(p["samples"] for p in by_pattern.values()) == d["subset_sizes"]["all"]
+    for k, p in by_pattern.items():
+        n = int(((predictions["method"] == "CSCF") & (predictions["subset"] == k)).sum())
+        assert p["samples"] == n == d["subset_sizes"][k], k
+        assert p["accuracy"] == metrics["methods"]["CSCF"][k] and p["ceiling"] == d["routing_ceiling"][k], k
+        if k == "all[none]":
+            assert p["routing"] is None
+        else:
+            assert p["routing"] == pytest.approx(routing_from_predictions(predictions, seen, "CSCF", k), abs=1e-4), k
+    assert d["router_routing_accuracy"] == pytest.approx(routing_from_predictions(predictions, seen, "CSCF", "all"), abs=1e-4)
+    assert "## Routing per seen pattern" in report
+    lines = run_summary(metrics, {"metrics.json": "out/metrics.json"}).splitlines()
+    assert f"CSCF routing accuracy (learned router): {d['router_routing_accuracy']:.2f} %" in lines
+    assert not any(line.startswith("DMSS routing") for line in lines)
+    fmt = lambda x: "-" if x is None else f"{x:.2f} %"  # noqa: E731
+    expected = [f"  {k}: routing {fmt(p['routing'])}, accuracy {fmt(p['accuracy'])}, ceiling {fmt(p['ceiling'])} "
+                f"({p['samples']} samples)" for k, p in by_pattern.items()]
+    sets = [set(v) for v in seen.values()]
+    overlapping = len(sets) > 2 or bool(sets[0] & sets[1])
+    # one line per pattern after the routing line, only with more than two modalities or overlapping sets
+    assert [line for line in lines if line.startswith("  all[")] == (expected if overlapping else [])
+
+
+def gzsl_from_predictions(predictions: pd.DataFrame, seen: list[str], method: str) -> tuple[float, float]:
+    """(S, U) counted from a method's prediction rows of the `all` subset: percent right among
+    the rows whose true class is in `seen`, and among the others."""
+    rows = predictions[(predictions["method"] == method) & (predictions["subset"] == "all")]
+    right = rows["true_class"] == rows["predicted_class"]
+    own = rows["true_class"].isin(seen)
+    return 100.0 * right[own].mean(), 100.0 * right[~own].mean()
+
+
+def test_same_seen_classes_for_every_modality_add_s_u_h(prefect_server, tmp_path) -> None:
+    """AV-GZSL: `--seen FILE` giving audio and video the same 4 of 6 classes. Every method has
+    S, U and H (on the samples showing both modalities); the default halves protocol has none."""
+    from flows.cli import main
+
+    features, classes = write_dataset(tmp_path / "data")
+    seen = tmp_path / "seen.csv"
+    seen.write_text("modality,class_name\n" + "".join(f"{m},{c}\n" for m in ("audio", "video") for c in CLASSES[:4]))
+    common = ["--features", str(features), "--classes", str(classes), "--modalities", "audio,video", "--epochs", "2",
+              "--workspace", str(tmp_path / "ws")]
+    assert main(["run", *common, "--seen", str(seen), "--out", str(tmp_path / "gzsl")]) == 0
+    metrics, predictions = evaluation_outputs(tmp_path / "ws", tmp_path / "gzsl")
+    assert metrics["classes"]["seen"] == {"audio": CLASSES[:4], "video": CLASSES[:4]}
+    check_accuracies(metrics, predictions)
+    for method, scores in metrics["methods"].items():
+        s, u, h = scores["S"], scores["U"], scores["H"]
+        assert (s, u) == pytest.approx(gzsl_from_predictions(predictions, CLASSES[:4], method), abs=1e-4), method
+        assert h == pytest.approx(2 * s * u / (s + u) if s + u else 0.0), method
+    cscf = metrics["methods"]["CSCF"]
+    assert metrics["diagnostics"]["subset_sizes"]["all"] == 30  # 6 classes x 5 test samples, both modalities
+    report = (tmp_path / "gzsl" / "report.md").read_text()
+    assert "## Generalized zero-shot" in report
+    section = report.split("## Generalized zero-shot")[1].split("\n## ")[0]
+    rows = [[c.strip() for c in line.strip("| ").split("|")] for line in section.splitlines() if line.startswith("| ")]
+    assert [r for r in rows if r[0] == "CSCF"] == [["CSCF", f"{cscf['S']:.2f}", f"{cscf['U']:.2f}", f"{cscf['H']:.2f}"]]
+    check_routing_by_pattern(metrics, predictions, report)
+
+    assert main(["run", *common, "--seen", "halves", "--out", str(tmp_path / "halves")]) == 0
+    halves, predictions = evaluation_outputs(tmp_path / "ws", tmp_path / "halves")
+    assert not set(halves["classes"]["A_seen"]) & set(halves["classes"]["B_seen"])
+    assert all(not {"S", "U", "H"} & set(scores) for scores in halves["methods"].values())
+    report = (tmp_path / "halves" / "report.md").read_text()
+    assert "## Generalized zero-shot" not in report
+    # the per-pattern routing is the learned router's (on this run DMSS, B+O+D, routes differently)
+    check_routing_by_pattern(halves, predictions, report)
 
 
 def test_one_trained_class_stops_before_training(hetero, prefect_server, tmp_path, capsys) -> None:

@@ -20,7 +20,8 @@ from tasks.training.mmhcl_data import MMHCLData, load_mmhcl
 from tasks.store.provenance import provenance
 from tasks.evaluation.report import render_report
 from tasks.evaluation.scoring import (
-    cscf_scorer, encode_test, evaluate_method, modality_alone, routing_ceiling, subset_sizes, with_method,
+    cscf_scorer, encode_test, evaluate_method, modality_alone, routing_by_pattern, routing_ceiling, subset_sizes,
+    with_method,
 )
 from tasks.evaluation.seen_unseen import plot_seen_unseen, seen_unseen_curves, seen_unseen_diagnostics
 
@@ -87,6 +88,10 @@ def build_evaluation(
     `trained` maps a trained model name ("B", "CSCF", "CSCF (paper)") to its training stage key. CSCF is
     also scored with its calibration margins set to 0 (diagnostics `CSCF_uncalibrated`),
     so the report shows Table 1 with and without calibration from one trained model.
+    Diagnostics also carry `router_routing_accuracy` (CSCF's own router: the learned one
+    unless `cscf_router` says "dmss") next to `dmss_routing_accuracy`, and
+    `routing_by_pattern`: per `all[<who>]` subset, CSCF's routing accuracy, accuracy,
+    routing ceiling and number of test samples (scoring.routing_by_pattern).
     """
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key, parts=("test",))
     models = {
@@ -108,8 +113,13 @@ def build_evaluation(
                     diagnostics[f"{name}_routing_accuracy"] = routing.get("all")
                     diagnostics.update({f"{name}_routing_accuracy_{k}": v for k, v in routing.items()
                                         if k not in ("all", "A_all+B_all")})
+            if method == "CSCF":
+                cscf_routing = routing
+                diagnostics["cscf_router"] = model.config.router  # who routes for CSCF: "gate" (learned) or "dmss"
         if model_name == "CSCF":
             diagnostics.update(_cscf_diagnostics(model, encoded, data, workspace, key))
+            diagnostics["routing_by_pattern"] = routing_by_pattern(
+                methods["CSCF"], cscf_routing, diagnostics["routing_ceiling"], diagnostics["subset_sizes"])
         del encoded  # 0.4 GB per model at 1x VGGSound: one at a time
     methods = {m: methods[m] for m in METHODS}
     predictions = [predictions[m] for m in METHODS]

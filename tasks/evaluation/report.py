@@ -15,6 +15,7 @@ PAPER_TABLE2 = ("A_s+B_u", "A_u+B_s", "A_all+B_all")
 ABLATION = (("B+O", "B+O"), ("B+O+D", "B+O+D"), ("B+O+D+C", "B+O+D+C (the paper's CSCF)"),
             ("B+O+R+C", "B+O+R+C"), ("CSCF", "B+O+R (CSCF)"))
 CEILING = "routing ceiling"
+GZSL = ("S", "U", "H")  # the AV-GZSL protocol's figures, when every modality saw the same classes
 
 
 def paper_protocol(metrics: dict[str, Any]) -> bool:
@@ -90,7 +91,7 @@ Top-1 accuracy in percent over all classes, test split. {legend}
 ## Table 2: ablation (B = baseline, O = OSRS, D = DMSS, R = learned router, C = CSMF)
 
 {t2}
-{render_reference(metrics)}
+{render_gzsl(methods)}{render_reference(metrics)}{render_routing(diagnostics)}
 ## Diagnostics
 
 {diag}
@@ -114,6 +115,47 @@ def render_provenance(metrics: dict[str, Any]) -> str:
 
 - code: cscf {code['package']}, git {code['git'] or 'n/a'}, source sha256 {code['source_sha256'][:16]}
 - class semantics: text encoder `{p['text_encoder']}`; descriptions {p['descriptions']}
+"""
+
+
+def render_gzsl(methods: dict[str, dict[str, float | None]]) -> str:
+    """S, U and H of every method that has them (every modality saw the same classes)."""
+    rows = [[name, *(_fmt(s.get(k)) for k in GZSL)] for name, s in methods.items() if "S" in s]
+    if not rows:
+        return ""
+    return f"""
+## Generalized zero-shot (AV-GZSL protocol: every modality saw the same classes)
+
+Test samples showing every modality, all of them shown. S / U: top-1 accuracy (%, over all
+classes) on the samples of seen / unseen classes; H: their harmonic mean 2SU / (S + U).
+
+{markdown_table(["Method", *GZSL], rows)}
+"""
+
+
+def router_name(diagnostics: dict[str, Any]) -> str:
+    """Who routes for CSCF: its learned router unless the diagnostics say DMSS."""
+    return "DMSS" if diagnostics.get("cscf_router") == "dmss" else "learned router"
+
+
+def render_routing(diagnostics: dict[str, Any]) -> str:
+    """Per seen pattern: how often CSCF's router picks a modality that saw the true class,
+    CSCF's accuracy and the routing ceiling there."""
+    by_pattern = diagnostics.get("routing_by_pattern")
+    if not by_pattern:
+        return ""
+    rows = [[k, str(d["samples"]), _fmt(d["routing"]), _fmt(d["accuracy"]), _fmt(d["ceiling"])]
+            for k, d in by_pattern.items()]
+    header = ["Seen pattern", "test samples", f"routing ({router_name(diagnostics)})", "CSCF accuracy", CEILING]
+    return f"""
+## Routing per seen pattern (every modality shown)
+
+`all[x+y]`: test samples showing every modality whose class was seen by exactly x and y.
+Routing: percent of them whose dominant modality is one that saw the true class (n/a for
+`all[none]`: no modality saw it). Overall: {_fmt(diagnostics.get("router_routing_accuracy"))} %
+({router_name(diagnostics)}), {_fmt(diagnostics.get("dmss_routing_accuracy"))} % (DMSS, B+O+D).
+
+{markdown_table(header, rows)}
 """
 
 
@@ -158,18 +200,36 @@ argmax of cos(features, class semantics), where the features share the text spac
 """
 
 
+def overlapping(metrics: dict[str, Any]) -> bool:
+    """More than two modalities, or two seen sets that share a class."""
+    seen = [set(v) for v in metrics["classes"].get("seen", {}).values()]
+    return len(metrics["modalities"]) > 2 or any(a & b for i, a in enumerate(seen) for b in seen[i + 1:])
+
+
 def run_summary(metrics: dict[str, Any], outputs: dict[str, str]) -> str:
-    """What a user looks at after `cscf run`: CSCF's Table 1 row, the routing accuracy, where
-    the outputs are. Two modalities give the paper's columns; more give every subset."""
+    """What a user looks at after `cscf run`: CSCF's Table 1 row (and S, U, H under the
+    AV-GZSL protocol), the routing accuracy of CSCF's own router (the learned one; DMSS for
+    metrics written before it was recorded), one line per seen pattern when there are more
+    than two modalities or overlapping seen sets, and where the outputs are. Two modalities
+    give the paper's columns; more give every subset."""
     scores = metrics["methods"]["CSCF"]
-    names = [k for k in PAPER_TABLE1 if k in scores] if len(metrics["modalities"]) == 2 else list(scores)
+    names = ([k for k in (*PAPER_TABLE1, *GZSL) if k in scores] if len(metrics["modalities"]) == 2
+             else list(scores))
     cells = ["-" if scores[k] is None else f"{scores[k]:.2f}" for k in names]
     widths = [max(len(a), len(b)) for a, b in zip(names, cells)]
-    routing = (metrics.get("diagnostics") or {}).get("dmss_routing_accuracy")
+    diagnostics = metrics.get("diagnostics") or {}
+    if "router_routing_accuracy" in diagnostics:
+        label, routing = f"CSCF routing accuracy ({router_name(diagnostics)})", diagnostics["router_routing_accuracy"]
+    else:
+        label, routing = "DMSS routing accuracy", diagnostics.get("dmss_routing_accuracy")
+    pct = lambda x: "-" if x is None else f"{x:.2f} %"  # noqa: E731
+    patterns = [f"  {k}: routing {pct(d['routing'])}, accuracy {pct(d['accuracy'])}, ceiling {pct(d['ceiling'])}"
+                f" ({d['samples']} samples)"
+                for k, d in diagnostics.get("routing_by_pattern", {}).items()] if overlapping(metrics) else []
     lines = [f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 % over all {len(metrics['classes']['all'])} classes"
              if "all" in metrics["classes"] else f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 %",
              "  ".join(n.rjust(w) for n, w in zip(names, widths)),
              "  ".join(c.rjust(w) for c, w in zip(cells, widths)),
-             "DMSS routing accuracy: " + ("-" if routing is None else f"{routing:.2f} %"),
+             f"{label}: {pct(routing)}", *patterns,
              "outputs: " + ", ".join(str(p) for p in outputs.values())]
     return "\n".join(lines)

@@ -14,7 +14,7 @@ import pyarrow as pa
 import torch
 
 from cscf_model import CSCF, Encoded
-from cscf_model.metrics import acc_mix, accuracy, routing_accuracy, subsets
+from cscf_model.metrics import acc_mix, accuracy, gzsl_scores, routing_accuracy, seen_sets_coincide, subsets
 
 from tasks.store import catalog
 from tasks.training.mmhcl_data import MMHCLData
@@ -86,15 +86,19 @@ def evaluate_method(
 ) -> tuple[dict[str, float | None], pa.Table, dict[str, float | None]]:
     """Accuracy on every subset (cscf_model.metrics), the per-sample rows (ROWS), and routing
     accuracies on the subsets that show a sample two or more modalities. An empty subset
-    scores None. The rows are built column by column: 50 thousand test samples x 4 methods
-    made 200 thousand Python dicts before."""
-    test, scores, parts, routing = data.test, {}, [], {}
+    scores None. When every modality saw the same classes (the AV-GZSL protocol), the scores
+    also have `S`, `U` and `H` (cscf_model.metrics.gzsl_scores) of the `all` subset: the test
+    samples that show every modality, all of them shown. The rows are built column by
+    column: 50 thousand test samples x 4 methods made 200 thousand Python dicts before."""
+    test, scores, parts, routing, gzsl = data.test, {}, [], {}, {}
     ids, names = np.asarray(test.sample_ids, dtype=object), np.asarray(data.class_names, dtype=object)
     modalities = np.asarray(data.modalities, dtype=object)
     for sub in subsets(test.seen_by, test.available, data.modalities):
         pred, dominant, u = _predicted(score, sub.rows, sub.present)
         labels = test.labels[sub.rows]
         scores[sub.name] = accuracy(pred, labels)
+        if sub.name == "all" and seen_sets_coincide(data.seen):
+            gzsl = gzsl_scores(pred, labels, data.seen[0])
         if len(sub.rows) and (sub.present.sum(1) >= 2).all():
             routing[sub.name] = routing_accuracy(dominant, test.seen_by[sub.rows] & sub.present)
         n = len(sub.rows)
@@ -104,9 +108,10 @@ def evaluate_method(
             "true_class": pa.array(names[labels.numpy()], pa.string()),
             "predicted_class": pa.array(names[pred.numpy()], pa.string()),
             "dominant": pa.array(modalities[dominant.numpy()], pa.string()),
-            "u": pa.nulls(n, ROWS.field("u").type) if u is None else catalog.vector_column(u.T.reshape(n, -1).numpy()),
+            "u": pa.nulls(n, ROWS.field("u").type) if u is None else catalog.vector_column(u.T.reshape(n, len(u)).numpy()),
         }, schema=ROWS))
     scores["acc_mix"] = acc_mix(scores, data.modalities)
+    scores |= gzsl
     return scores, pa.concat_tables(parts) if parts else ROWS.empty_table(), routing
 
 
@@ -138,6 +143,19 @@ def routing_ceiling(model: CSCF, encoded: Encoded, data: MMHCLData) -> dict[str,
             preds.append(((logits * deciders).sum(0) / deciders.sum(0)).argmax(-1))
         out[sub.name] = accuracy(torch.cat(preds), test.labels[sub.rows])
     return out
+
+
+def routing_by_pattern(
+    scores: dict[str, float | None], routing: dict[str, float | None],
+    ceiling: dict[str, float | None], sizes: dict[str, int],
+) -> dict[str, dict[str, float | int | None]]:
+    """Per seen pattern, one method next to what routing gives it: for every `all[<who>]`
+    subset (test samples showing every modality, split by which modalities saw the true
+    class), `routing` (its routing accuracy, from evaluate_method), `accuracy` (its score),
+    `ceiling` (routing_ceiling) and `samples` (subset_sizes). `all[none]` has no right
+    modality to route to: its routing is None."""
+    return {k: {"routing": routing.get(k), "accuracy": scores.get(k), "ceiling": ceiling.get(k), "samples": n}
+            for k, n in sizes.items() if k.startswith("all[")}
 
 
 @torch.no_grad()
