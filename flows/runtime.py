@@ -56,7 +56,26 @@ class TemporaryServer:
     def api_url(self) -> str:
         return f"http://127.0.0.1:{self.port}/api"
 
-    def start(self) -> None:
+    def start(self, attempts: int = 3) -> None:
+        """Start and wait until it answers. A port found free can be taken by another process
+        before uvicorn binds it; the server then exits at once, and another port is tried."""
+        deadline = time.monotonic() + self.timeout_s
+        for attempt in range(attempts):
+            self._launch()
+            while not self._healthy():
+                if self.process.poll() is not None:
+                    break
+                if time.monotonic() > deadline:
+                    self.stop()
+                    raise RuntimeError(f"the temporary Prefect server did not answer within {self.timeout_s:.0f} s "
+                                       f"(its log: {self.log_path})")
+                time.sleep(0.1)
+            else:
+                return
+        raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode}, "
+                           f"{attempts} times (its log: {self.log_path})")
+
+    def _launch(self) -> None:
         import prefect
 
         with socket.socket() as s:  # a free port on loopback; uvicorn binds it a moment later
@@ -70,15 +89,6 @@ class TemporaryServer:
         with self.log_path.open("ab") as server_log:  # a file, not a pipe nobody reads: a full pipe blocks
             self.process = subprocess.Popen(command, env=env, start_new_session=True, preexec_fn=_die_with_parent(),
                                             stdout=server_log, stderr=server_log)
-        deadline = time.monotonic() + self.timeout_s
-        while not self._healthy():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the temporary Prefect server exited with code {self.process.returncode} "
-                                   f"(its log: {self.log_path})")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the temporary Prefect server did not answer within {self.timeout_s:.0f} s")
-            time.sleep(0.1)
 
     def _healthy(self) -> bool:
         try:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -87,6 +88,20 @@ class FakeLLMServer:
         with self._lock:
             self._script.clear()
             self._rules.clear()
+
+    def wait_quiet(self, quiet_s: float = 0.5, timeout_s: float = 30.0) -> None:
+        """Return once no request is being answered and none has arrived for `quiet_s`: the
+        requests a killed client had sent are then all recorded, so a later count is only
+        the next client's."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            with self._lock:
+                seen, busy = len(self.requests), self._in_flight
+            time.sleep(quiet_s)
+            with self._lock:
+                if not busy and not self._in_flight and len(self.requests) == seen:
+                    return
+        raise TimeoutError(f"the fake LLM server did not go quiet within {timeout_s} s")
 
     def __enter__(self) -> FakeLLMServer:
         self._thread.start()
