@@ -17,7 +17,7 @@ import torch
 
 from tasks.store import catalog
 from tasks.store.inputs import InputError
-from tasks.store.model_file import FORMAT_VERSION, META, WEIGHTS, checksums, load_model
+from tasks.store.model_file import FORMAT_VERSION, META, WEIGHTS, TrainedModel, checksums, load_model
 from tasks.serving.predict import check_predict_input, open_parquet, predict_file, record_batches
 from tiny_data import CLASSES, write_dataset
 
@@ -114,12 +114,16 @@ def test_cli_writes_contract_output_summary_and_query_view(run, tmp_path):
     assert n >= len(df)
 
 
-def test_streaming_small_batches_unsorted_rows_and_a_folder_give_the_same_predictions(run, tmp_path):
+def _reference(run: Path, tmp_path: Path) -> tuple[TrainedModel, pd.DataFrame, pd.DataFrame]:
+    """The model, the input rows, and its predictions of them in one batch, by sample_id."""
     trained = load_model(run / "out" / "model")
-    features = _features(run)
     reference = tmp_path / "reference.parquet"
     predict_file(trained, run / "in" / "features.parquet", reference)
-    expected = pq.read_table(reference).to_pandas().set_index("sample_id").sort_index()
+    return trained, _features(run), pq.read_table(reference).to_pandas().set_index("sample_id").sort_index()
+
+
+def test_streaming_small_batches_unsorted_rows_and_a_folder_give_the_same_predictions(run, tmp_path):
+    trained, features, expected = _reference(run, tmp_path)
     # rows of a sample far apart (modality by modality), in batches of 7 rows: grouped by DuckDB first
     shuffled = _write(features.sample(frac=1.0, random_state=0), tmp_path / "shuffled.parquet")
     out = tmp_path / "shuffled-out.parquet"
@@ -166,11 +170,7 @@ def _with_blank_ids(features: pd.DataFrame, where: dict[int, str | None]) -> pd.
 
 def test_rows_without_a_sample_id_are_set_aside_and_counted_wherever_they_are(run, tmp_path):
     """Null or "" ids: first row, the last row of a 7-row batch, mid-batch, the file's last row."""
-    trained = load_model(run / "out" / "model")
-    features = _features(run)
-    reference = tmp_path / "reference.parquet"
-    predict_file(trained, run / "in" / "features.parquet", reference)
-    expected = pq.read_table(reference).to_pandas().set_index("sample_id").sort_index()
+    trained, features, expected = _reference(run, tmp_path)
     blanks = _with_blank_ids(features, {0: None, 6: None, 20: "", len(features) + 3: None})
     assert blanks["sample_id"].isna().tolist()[6] and blanks["sample_id"].iloc[-1] is None
     out = tmp_path / "out.parquet"
