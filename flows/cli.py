@@ -257,5 +257,19 @@ def _benchmark(args: argparse.Namespace, params) -> int:  # params: PipelinePara
     print(f"wrote {result['report']}")
     return 0
 
+
+def console() -> None:
+    """The `cscf` executable: `main`, then the process ends with its exit code. After an
+    interrupt it ends at once: worker threads still inside a task (extraction shards, files
+    of `cscf predict`) would otherwise hold the exit until they finish; every output they
+    write is atomic, and the Prefect server is already stopped."""
+    code = main()
+    if code in EXIT_CODES.values():
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(code)
+    sys.exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    console()
