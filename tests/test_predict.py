@@ -305,9 +305,39 @@ MODEL_EDITS = {  # what is done to a copy of the model folder -> (file named, wo
                           META, ["'model_config.mappers[1].hidden[0]'"]),
     "dim the weights do not have": (lambda f: (_edit_meta(f, lambda m: m["modalities"][0].update(dim=4096)),
                                                _reseal(f)), WEIGHTS, ["'in_mean_0'", "[16]", "[4096]"]),
-    "old format version": (lambda f: _edit_meta(f, lambda m: m.update(format_version=1)), META,
-                           ["version 1", f"reads version {FORMAT_VERSION}"]),
+    "unknown format version": (lambda f: _edit_meta(f, lambda m: m.update(format_version=99)), META,
+                               ["version 99", f"reads versions 1 and {FORMAT_VERSION}"]),
+    "format 1 without its weights digest": (lambda f: (_as_format_1(f), _edit_meta(f, lambda m: m.pop("weights_sha256"))),
+                                            META, ["'weights_sha256'", "format 1"]),
+    "format 1 with edited weights": (lambda f: (_as_format_1(f), _flip_a_weight_byte(f)), WEIGHTS, ["corrupted"]),
 }
+
+
+def _as_format_1(folder: Path) -> None:
+    """The folder as cscf wrote it before format 2: the same fields, and only the weights'
+    digest, under `weights_sha256`."""
+    def downgrade(meta: dict) -> None:
+        meta.update(format_version=1, weights_sha256=meta.pop("checksums")[WEIGHTS])
+
+    _edit_meta(folder, downgrade)
+
+
+def test_a_format_1_model_folder_still_predicts(run, tmp_path, caplog):
+    """The model folder is a contract: a folder written before model.json had checksums loads
+    (with a warning that its fields are unprotected) and predicts what it predicted."""
+    import shutil
+
+    folder = tmp_path / "model"
+    shutil.copytree(run / "out" / "model", folder)
+    _as_format_1(folder)
+    assert "checksums" not in json.loads((folder / META).read_text())
+    with caplog.at_level("WARNING", logger="cscf.model_file"):
+        old = load_model(folder)
+    assert "model format 1" in caplog.text
+    new, rows = load_model(run / "out" / "model"), run / "in" / "features.parquet"
+    predict_file(old, rows, tmp_path / "old.parquet")
+    predict_file(new, rows, tmp_path / "new.parquet")
+    assert pq.read_table(tmp_path / "old.parquet").equals(pq.read_table(tmp_path / "new.parquet"))
 
 
 @pytest.mark.parametrize("case", list(MODEL_EDITS))

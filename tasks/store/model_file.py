@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 from dataclasses import dataclass
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
@@ -37,6 +38,8 @@ from cscf_model.mappers import build_mapper
 from tasks.store import catalog
 from tasks.store.caching import code_digest
 from tasks.store.model_json import ModelFileError, check_meta
+
+log = logging.getLogger("cscf.model_file")
 
 # 2: model.json checked as a whole and covered by `checksums` (1 had the weights' checksum only).
 FORMAT_VERSION = 2
@@ -171,10 +174,26 @@ def _read_meta(path: Path) -> dict[str, Any]:
     except ValueError as e:  # UnicodeDecodeError included
         raise ModelFileError(f"{path}: corrupted model file, not JSON ({e})") from None
     found = meta.get("format_version") if isinstance(meta, dict) else None
+    if found == 1:
+        return _from_format_1(meta, path)
     if found != FORMAT_VERSION:
-        raise ModelFileError(f"{path}: model format version {found!r}, this cscf reads version {FORMAT_VERSION} "
-                             "(export the model again with this cscf: `cscf run --out DIR`)")
+        raise ModelFileError(f"{path}: model format version {found!r}, this cscf reads versions 1 and "
+                             f"{FORMAT_VERSION} (export the model again with this cscf: `cscf run --out DIR`)")
     return meta
+
+
+def _from_format_1(meta: dict[str, Any], path: Path) -> dict[str, Any]:
+    """A format-1 model.json (written before its fields had checksums; the model folder is a
+    contract, so old folders keep working) read as this format: same fields, and the one
+    digest format 1 kept, the weights'. Its fields are taken as they are now, so an edit
+    made to them cannot be told; exporting again protects them."""
+    fields = {k: v for k, v in meta.items() if k != "weights_sha256"}
+    if not isinstance(meta.get("weights_sha256"), str):
+        raise ModelFileError(f"{path}: field 'weights_sha256': missing or not a string (model format 1)")
+    log.warning("%s: model format 1: its fields carry no checksum, only the weights do; export the model "
+                "again (`cscf run --out DIR`) to protect them", path)
+    current = {**fields, "format_version": FORMAT_VERSION}
+    return {**current, "checksums": checksums(current, meta["weights_sha256"])}
 
 
 def _check_checksums(meta: dict[str, Any], meta_path: Path, weights_path: Path) -> None:
