@@ -155,8 +155,12 @@ def prefect_api() -> Iterator[None]:
     home = Path(PREFECT_HOME.value())
     home.mkdir(parents=True, exist_ok=True)
     server = TemporaryServer(home, float(PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS.value()))
-    with FileLock(home / "cscf-server-start.lock"):
-        server.start()
+    try:
+        with FileLock(home / "cscf-server-start.lock"):
+            server.start()
+    except BaseException:  # Ctrl-C while it starts: not left to its parent-death signal
+        server.stop()
+        raise
     _server = server
     try:
         with temporary_settings({PREFECT_API_URL: server.api_url}):
