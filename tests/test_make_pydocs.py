@@ -160,3 +160,70 @@ def test_bad_module_lists_are_refused_by_name(tmp_path: Path, modules, message) 
 def test_command_line_wants_exactly_one_out_dir(capsys: pytest.CaptureFixture[str]) -> None:
     assert make_pydocs.main([]) == 2
     assert "usage: make_pydocs.py OUT_DIR" in capsys.readouterr().err
+
+
+SMALL_B = ("tarfile", "pdb", "sortedcontainers")  # from collection b; quick to import
+
+
+@pytest.fixture(scope="module")
+def built_b(tmp_path_factory: pytest.TempPathFactory) -> make_pydocs.PydocsBuild:
+    return make_pydocs.make_pydocs(
+        tmp_path_factory.mktemp("pydocs_b"), modules=SMALL_B, per_class=PER_CLASS, views=make_pydocs.ALL_VIEWS
+    )
+
+
+def test_collection_b_shares_no_module_with_collection_a() -> None:
+    (a, a_views), (b, b_views) = make_pydocs.COLLECTIONS["a"], make_pydocs.COLLECTIONS["b"]
+    assert a == make_pydocs.MODULES and a_views == ("doc", "code", "name")  # the default dataset
+    assert b_views == ("doc", "code", "name", "sig") and 15 <= len(b) <= 25
+    assert set(SMALL_B) <= set(b)
+    assert not [(x, y) for x in a for y in b if x == y or x.startswith(y + ".") or y.startswith(x + ".")]
+
+
+def test_four_view_output_passes_validation_with_every_view_per_sample(built_b: make_pydocs.PydocsBuild) -> None:
+    good, rejected = validate_features(read_features(built_b.features), set(SMALL_B), str(built_b.features))
+    assert rejected.num_rows == 0
+    assert good.num_rows == 4 * sum(built_b.counts.values())
+    table = pq.read_table(built_b.features).to_pandas()
+    assert list(dict.fromkeys(table["modality"])) == ["doc", "code", "name", "sig"]
+    assert (table.groupby("sample_id")["modality"].nunique() == 4).all()
+
+
+def test_sig_view_is_the_minilm_embedding_of_the_parameter_words(built_b: make_pydocs.PydocsBuild) -> None:
+    sig = _view(built_b.features, "sig")
+    picked = sig.index[::10]
+    words = []
+    for sample_id in picked:
+        names = [p for p in inspect.signature(_resolve(sample_id)).parameters if p not in ("self", "cls")]
+        words.append(" ".join(w.lower() for p in names for w in make_pydocs.IDENTIFIER_PIECE.findall(p)))
+    assert any(words) and all(re.fullmatch(r"[a-z ]*", w) for w in words)
+    expected = build_text_encoder("minilm").encode(words)
+    np.testing.assert_allclose(np.stack(sig.loc[picked, "vector"].to_numpy()), expected, atol=1e-4)
+
+
+def test_summarise_scores_every_view_of_the_four_view_files(built_b: make_pydocs.PydocsBuild) -> None:
+    scores = make_pydocs.summarise(built_b.classes, built_b.features)
+    assert [k for k in scores if k.endswith("_logreg_5fold")] == [f"{v}_logreg_5fold" for v in make_pydocs.ALL_VIEWS]
+    assert scores["doc_logreg_5fold"] > scores["chance"] and scores["cosine_rule"] > scores["chance"]
+
+
+def _varied(self, first_arg, /, maxIter: int = 1, *more_args, only_kw: bool = False, **extra_kwargs) -> None:
+    cls = local_name = None  # locals are not parameters, and `cls` here is not one either
+    del cls, local_name
+
+
+def test_parameter_words_keep_every_parameter_kind_but_self_and_cls() -> None:
+    assert make_pydocs.parameter_words(_varied) == "first arg max iter more args only kw extra kwargs"
+    assert make_pydocs.parameter_words(_Sample.fetchHTTPResponse_now) == "retries"
+    assert make_pydocs.parameter_words(lambda: None) == ""
+
+
+def test_unknown_views_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="views \\['doc', 'pixels'\\]"):
+        make_pydocs.make_pydocs(tmp_path, modules=SMALL, views=("doc", "pixels"))
+    assert not any(tmp_path.iterdir())
+
+
+def test_command_line_refuses_an_unknown_collection(capsys: pytest.CaptureFixture[str]) -> None:
+    assert make_pydocs.main(["out", "--collection", "c"]) == 2
+    assert "usage: make_pydocs.py OUT_DIR [--collection a|b]" in capsys.readouterr().err
