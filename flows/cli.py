@@ -24,6 +24,8 @@ def parser() -> argparse.ArgumentParser:
     run = sub.add_parser("run", help="run the whole pipeline on one dataset")
     _pipeline_args(run, out="out")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--validation", metavar="FILE", help="labelled long-form Parquet file: the fusion, CSMF top-k and "
+                     "calibration margins are chosen on it instead of defaults (recorded in the model and the report)")
     bench = sub.add_parser("benchmark", help="CSCF, its ablations and every baseline over several seeds")
     _pipeline_args(bench, out="benchmark")
     bench.add_argument("--seeds", default="0,1,2", help="comma-separated seeds (default 0,1,2)")
@@ -121,6 +123,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams, imported la
         "seen": args.seen,
         "overlap": args.overlap,
         "seed": getattr(args, "seed", 0),
+        "validation": getattr(args, "validation", None),
         "out": args.out,
         "workspace": args.workspace,
         "epochs": args.epochs,
@@ -219,15 +222,19 @@ class _NoUserErrorTraceback(logging.Filter):
 
 def _check_user_files(params) -> None:  # params: PipelineParams
     """The checks that cost little, done before Prefect starts: classes.csv, the features'
-    Parquet footers, the prompt template (when an LLM writes the descriptions)."""
+    and the validation file's Parquet footers, the prompt template (when an LLM writes the
+    descriptions)."""
     from tasks.semantics.descriptions import load_template
     from tasks.ingest.features import check_features_file
+    from tasks.training.validation import check_validation_file
 
     from tasks.store.inputs import read_classes
 
     read_classes(params.classes_path())
     if params.features:
         check_features_file(params.features)
+    if params.validation:
+        check_validation_file(params.validation)
     if params.llm.mode == "llm" or (params.llm.mode == "auto" and os.environ.get("OPENAI_API_KEY")):
         load_template(Path(params.llm.template))
 

@@ -11,7 +11,7 @@ from tasks.store.catalog import DEFAULT_WORKSPACE
 from tasks.ingest.default_dataset import default_classes_path
 from tasks.semantics.descriptions import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE
 
-STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "evaluate")
+STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "validate", "evaluate")
 
 
 class LLMParams(BaseModel):
@@ -65,6 +65,9 @@ class PipelineParams(BaseModel):
     encoder: str = Field("minilm", description="text encoder for class semantics")
     llm: LLMParams = LLMParams()
     top_k: int = Field(3, ge=1, description="classes kept per row of CSMF's pruned similarity matrix")
+    validation: str | None = Field(
+        None, description="labelled long-form Parquet file (CONTRACTS section 1) on which the fusion, CSMF top-k and "
+        "calibration margins are chosen instead of defaults; empty: the defaults")
     epochs: int = Field(50, ge=1)
     batch_size: int = Field(256, ge=1)
     lr: float = Field(5e-4, gt=0)
@@ -119,7 +122,7 @@ class PipelineParams(BaseModel):
         named = {"features": self.features, "classes": self.classes_path(), "manifest": self.manifest,
                  "media root": self.media_root, "published features": self.published,
                  "template": self.llm.template, "published descriptions": self.llm.published_csv,
-                 "seen classes": self.seen_mode()[1]}
+                 "seen classes": self.seen_mode()[1], "validation": self.validation}
         for what, path in named.items():
             if path and not Path(path).exists():
                 raise FileNotFoundError(f"{path}: {what} file not found")

@@ -1,4 +1,4 @@
-"""The `cscf` flow: descriptions -> class embeddings, features -> split -> training -> evaluation.
+"""The `cscf` flow: descriptions -> class embeddings, features -> split -> training -> [validation] -> evaluation.
 
 It only wires stages (tasks/stages.py); every stage is cached by its content key, so a
 rerun with unchanged inputs recomputes nothing, and a changed input recomputes only
@@ -23,6 +23,7 @@ from tasks import stages
 from tasks.semantics.descriptions import DescriptionSettings
 from tasks.evaluation.evaluate import publish
 from tasks.store.model_file import export_model
+from tasks.training.validation import cscf_checkpoint
 
 from .params import STAGE_NAMES, PipelineParams
 
@@ -123,10 +124,18 @@ class Wiring:
         }
 
     @cached_property
+    def validate(self) -> str | None:
+        """Key of CSCF with its fusion, top-k and margins chosen on `params.validation`; None
+        (no stage run) without validation data."""
+        if not self.params.validation:
+            return None
+        return self.call(stages.validate_task, validation=self.params.validation, train_key=self.train["CSCF"])
+
+    @cached_property
     def evaluate(self) -> str:
         return self.call(stages.evaluate_task, features_key=self.features, split_key=self.split,
                           embeddings_key=self.class_embeddings, trained=self.train,
-                          dataset=self.params.dataset_name(), seed=self.params.seed)
+                          dataset=self.params.dataset_name(), seed=self.params.seed, validation_key=self.validate)
 
     def baseline(self, method: str) -> str:
         """Key of one baseline's training and evaluation (`cscf benchmark`), on the same data and seed."""
@@ -186,7 +195,8 @@ def cscf(params: PipelineParams = PipelineParams()) -> dict[str, Any]:
     wiring = run_stages(params, STAGE_NAMES)
     outputs = publish(Path(params.workspace), wiring.evaluate, Path(params.out)) if params.out else {}
     if params.out:
-        outputs["model"] = export_model(Path(params.workspace), wiring.train["CSCF"], Path(params.out) / "model",
-                                        encoder=params.encoder, descriptions=wiring.description_settings.model_record(),
+        chosen = cscf_checkpoint(Path(params.workspace), wiring.train["CSCF"], wiring.validate)  # what evaluate scored
+        outputs["model"] = export_model(chosen, Path(params.out) / "model", encoder=params.encoder,
+                                        descriptions=wiring.description_settings.model_record(),
                                         extraction=params.extract.model_dump() if params.manifest else None)
     return {**wiring.summary(), "outputs": {k: str(v) for k, v in outputs.items()}}

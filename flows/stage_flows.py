@@ -20,6 +20,7 @@ _DESCRIPTIONS = {
     "class_embeddings": "Embed the class descriptions with the text encoder.",
     "split": "Decide which classes each modality saw (data, halves or a file) and split the samples into train and test.",
     "train": "Train CSCF and the baseline B.",
+    "validate": "Choose CSCF's fusion, CSMF top-k and margins on params.validation (nothing to do without it).",
     "evaluate": "Evaluate every method; unlike `cscf`, nothing is copied to params.out.",
 }
 
@@ -37,4 +38,5 @@ descriptions = _stage_flow("descriptions")
 class_embeddings = _stage_flow("class_embeddings")
 split = _stage_flow("split")
 train = _stage_flow("train")
+validate = _stage_flow("validate")
 evaluate = _stage_flow("evaluate")

@@ -29,6 +29,7 @@ from tasks.ingest.extract import (
 )
 from tasks.evaluation.baselines import build_baseline
 from tasks.training.train import build_training
+from tasks.training.validation import build_validation
 from tasks.store import catalog
 
 
@@ -52,13 +53,17 @@ DESCRIPTIONS = Stage("descriptions", build_descriptions, files=("classes",), cod
 CLASS_EMBEDDINGS = Stage("class_embeddings", build_class_embeddings, code=("tasks.encoders.text_encoders",))
 SPLIT = Stage("split", build_split, (".classes.parquet", ".seen.csv", ".samples.parquet"), files=("classes", "seen_file"))
 TRAIN = Stage("train", build_training, (".pt",), code=("cscf_model", "tasks.training.mmhcl_data"))
+VALIDATE = Stage("validate", build_validation, (".pt",), files=("validation",),
+                 code=("cscf_model", "tasks.ingest.features"))
 EVALUATE = Stage("evaluate", build_evaluation, (".metrics.json", ".predictions.parquet", ".report.md", ".seen_unseen.png"),
                  code=("cscf_model", "tasks.training.mmhcl_data", "tasks.evaluation.scoring", "tasks.evaluation.report", "tasks.evaluation.seen_unseen",
-                       "tasks.store.provenance"))
+                       "tasks.store.provenance"),
+                 optional=("validation_key",))
 BASELINE = Stage("baselines", build_baseline, (".metrics.json", ".predictions.parquet"),
                  code=("cscf_model.baselines", "cscf_model.trainer", "cscf_model.calibration", "cscf_model.config",
                        "cscf_model.metrics", "tasks.training.mmhcl_data", "tasks.evaluation.scoring", "tasks.encoders.text_encoders"))
-STAGES = {s.name: s for s in (EXTRACT, FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, EVALUATE, BASELINE)}
+STAGES = {s.name: s for s in (EXTRACT, FEATURES, DESCRIPTIONS, CLASS_EMBEDDINGS, SPLIT, TRAIN, VALIDATE, EVALUATE,
+                              BASELINE)}
 
 
 def _options(stage: Stage) -> dict[str, Any]:
@@ -122,13 +127,20 @@ def train_task(
     return TRAIN.run(locals())
 
 
+@task(**_options(VALIDATE))
+def validate_task(workspace: str, validation: str, train_key: str) -> str:
+    """The key covers the validation file's content and the trained model's key."""
+    return VALIDATE.run(locals())
+
+
 REPORT_ARTIFACT = "cscf-report"
 ACCURACY_ARTIFACT = "cscf-accuracy"
 
 
 @task(**_options(EVALUATE))
 def evaluate_task(
-    workspace: str, features_key: str, split_key: str, embeddings_key: str, trained: dict[str, str], dataset: str, seed: int
+    workspace: str, features_key: str, split_key: str, embeddings_key: str, trained: dict[str, str], dataset: str,
+    seed: int, validation_key: str | None = None,
 ) -> str:
     key = EVALUATE.run(locals())
     _publish_artifacts(Path(workspace), key)

@@ -285,3 +285,80 @@ def test_prompt_change_reruns_descriptions_and_what_follows(first_run, dataset, 
     assert requests == 6 and len(server.requests) == 12  # one request per class, per template
     assert states["features"] == states["split"] == "Cached"
     assert all(states[s] == "Completed" for s in ("descriptions", "class_embeddings", "train[CSCF]", "evaluate"))
+
+
+def test_validation_file_chooses_the_settings_that_model_report_and_predict_use(first_run, tmp_path, caplog, capsys):
+    """`cscf run --validation FILE` on the first run's workspace: only the validate stage and the
+    evaluation run; the choices reach model.json, metrics.json, report.md and `cscf predict`;
+    a bad row is set aside and counted; without the option nothing of it appears."""
+    import hashlib
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.cli import main
+    from tasks.store.model_file import load_model
+    from tiny_data import tiny_rows
+
+    root, argv = first_run
+    assert "validation" not in json.loads((root / "out" / "model" / "model.json").read_text())
+    assert "validation_choices" not in json.loads((root / "out" / "metrics.json").read_text())["diagnostics"]
+    # new samples around the training data's class centres, every class, both modalities
+    rows = [r for r in tiny_rows(per_class=20) if int(r["sample_id"][-3:]) >= 16]
+    validation = tmp_path / "validation.parquet"
+    pq.write_table(pa.Table.from_pylist([*rows, {**rows[0], "sample_id": "stray", "class_name": "thunder"}]), validation)
+    out = tmp_path / "out"
+    with caplog.at_level("WARNING", logger="cscf.validation"):
+        assert main(_with_out(argv, out) + ["--validation", str(validation)]) == 0
+    assert "1 row(s) rejected: unknown class (e.g. sample_id ['stray'])" in caplog.text
+    printed = capsys.readouterr().out
+    assert "train[CSCF]=Cached" in printed and "validate=Completed" in printed and "evaluate=Completed" in printed
+    record = json.loads((out / "model" / "model.json").read_text())["validation"]
+    assert record["file_sha256"] == hashlib.sha256(validation.read_bytes()).hexdigest()
+    assert (record["samples"], record["rejected_rows"]) == (24, {"unknown class": 1})
+    candidates = record["candidates"]
+    assert candidates["multimodal_samples"] == 24
+    assert [(c["fusion"], c["top_k"]) for c in candidates["fusion"]] == [("gate", None)] + [("csmf", k) for k in (1, 2, 3, 5, 6)]
+    assert {m: (s["seen_samples"], s["unseen_samples"]) for m, s in candidates["margins"].items()} == {
+        "audio": (12, 12), "video": (12, 12)}  # halves: each modality saw 3 of the 6 classes
+    assert json.loads((out / "metrics.json").read_text())["diagnostics"]["validation_choices"] == record
+    assert "## Choices made on validation data" in (out / "report.md").read_text()
+    assert "chosen on validation data: " in printed
+    # the exported model is the trained one with the choices applied, and nothing else changed
+    chosen, before = record["chosen"], load_model(root / "out" / "model").model
+    after = load_model(out / "model").model
+    assert after.config == before.config.replace(fusion=chosen["fusion"], top_k=chosen["top_k"])
+    assert after.margin.tolist() == [chosen["margins"][m] for m in ("audio", "video")]
+    assert [chosen["margins"][m] != s["trained"] for m, s in candidates["margins"].items()] == [
+        s["from_validation"] for s in candidates["margins"].values()]
+    same = before.state_dict()
+    assert all(torch.equal(t, same[k]) for k, t in after.state_dict().items() if k != "margin")
+    predictions = tmp_path / "predicted.parquet"
+    assert main(["predict", "--model", str(out / "model"), "--features", str(validation), "--out", str(predictions),
+                 "--workspace", str(root / "ws")]) == 0
+    assert len(pd.read_parquet(predictions)) == 25
+
+
+def test_a_bad_validation_file_is_one_line(first_run, tmp_path, capsys):
+    """A missing file is refused before Prefect starts; a file with no usable row stops the run."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from flows.cli import main
+    from tiny_data import tiny_rows
+
+    root, argv = first_run
+    missing = tmp_path / "missing.parquet"
+    assert main(_with_out(argv, tmp_path / "out") + ["--validation", str(missing)]) == 1
+    assert capsys.readouterr().err == f"cscf: error: {missing}: validation file not found\n"
+    unknown = tmp_path / "unknown.parquet"
+    pq.write_table(pa.Table.from_pylist([{**r, "class_name": "thunder"} for r in tiny_rows(per_class=1)]), unknown)
+    assert main(_with_out(argv, tmp_path / "out") + ["--validation", str(unknown)]) == 1
+    assert capsys.readouterr().err == (f"cscf: error: {unknown}: no usable validation rows left (12 rejected: "
+                                       "see the warnings above)\n")
+
+
+def _with_out(argv: list[str], out: Path) -> list[str]:
+    """The first run's command line with another --out folder."""
+    i = argv.index("--out")
+    return [*argv[:i], "--out", str(out), *argv[i + 2:]]

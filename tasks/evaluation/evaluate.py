@@ -24,6 +24,7 @@ from tasks.evaluation.scoring import (
     with_method,
 )
 from tasks.evaluation.seen_unseen import plot_seen_unseen, seen_unseen_curves, seen_unseen_diagnostics
+from tasks.training.validation import cscf_checkpoint
 
 # method name -> (trained model it uses, fusion and router at inference; None: as the model's config).
 # The ablations share CSCF's weights: D is the paper's DMSS, R the learned router (issue 12),
@@ -81,11 +82,15 @@ def build_evaluation(
     trained: dict[str, str],
     dataset: str,
     seed: int,
+    validation_key: str | None = None,
 ) -> None:
     """Write `<key>.metrics.json` (CONTRACTS section 3), `<key>.predictions.parquet`,
     `<key>.report.md` and `<key>.seen_unseen.png`.
 
-    `trained` maps a trained model name ("B", "CSCF", "CSCF (paper)") to its training stage key. CSCF is
+    `trained` maps a trained model name ("B", "CSCF", "CSCF (paper)") to its training stage key;
+    with `validation_key` (the validate stage's), CSCF and the ablations on its weights are scored
+    with the settings chosen on validation data, and diagnostics `validation_choices` holds that
+    stage's record (tasks.training.validation.validation_record). CSCF is
     also scored with its calibration margins set to 0 (diagnostics `CSCF_uncalibrated`),
     so the report shows Table 1 with and without calibration from one trained model.
     Diagnostics also carry `router_routing_accuracy` (CSCF's own router: the learned one
@@ -94,10 +99,12 @@ def build_evaluation(
     routing ceiling and number of test samples (scoring.routing_by_pattern).
     """
     data = load_mmhcl(workspace, features_key, split_key, embeddings_key, parts=("test",))
-    models = {
-        name: model_from_checkpoint(torch.load(catalog.stage_output(workspace, "train", k, ".pt"), weights_only=True)).eval()
-        for name, k in trained.items()
-    }
+    paths = {name: catalog.stage_output(workspace, "train", k, ".pt") for name, k in trained.items()}
+    paths["CSCF"] = cscf_checkpoint(workspace, trained["CSCF"], validation_key)
+    states = {name: torch.load(path, weights_only=True) for name, path in paths.items()}
+    models = {name: model_from_checkpoint(state).eval() for name, state in states.items()}
+    chosen = states.pop("CSCF").get("validation")
+    del states
     methods, predictions, diagnostics = {}, {}, {}
     for model_name, model in models.items():
         # The model's logits (and gate logits) of every test sample, computed once: its methods
@@ -121,6 +128,8 @@ def build_evaluation(
             diagnostics["routing_by_pattern"] = routing_by_pattern(
                 methods["CSCF"], cscf_routing, diagnostics["routing_ceiling"], diagnostics["subset_sizes"])
         del encoded  # 0.4 GB per model at 1x VGGSound: one at a time
+    if chosen is not None:
+        diagnostics["validation_choices"] = chosen
     methods = {m: methods[m] for m in METHODS}
     predictions = [predictions[m] for m in METHODS]
     metrics = {

@@ -95,7 +95,8 @@ Top-1 accuracy in percent over all classes, test split. {legend}
 ## Diagnostics
 
 {diag}
-{render_calibration(methods.get("CSCF", {}), diagnostics, table1)}{render_provenance(metrics)}"""
+{render_calibration(methods.get("CSCF", {}), diagnostics, table1)}{render_validation(diagnostics)}\
+{render_provenance(metrics)}"""
 
 
 SEEN_UNSEEN = (("margin", "margin"), ("seen_acc", "seen"), ("unseen_acc", "unseen"), ("harmonic_mean", "H"),
@@ -200,6 +201,61 @@ argmax of cos(features, class semantics), where the features share the text spac
 """
 
 
+FUSIONS = {"gate": "B+O+R (router fusion)", "csmf": "B+O+R+C (router + CSMF)"}
+
+
+def fusion_name(fusion: str, top_k: int | None) -> str:
+    """A fusion candidate as the report and the run summary name it."""
+    name = FUSIONS.get(fusion, fusion)
+    return name if top_k is None or fusion != "csmf" else f"{name}, top-k {top_k}"
+
+
+def render_validation(diagnostics: dict[str, Any]) -> str:
+    """The choices made on `--validation` data (tasks.training.validation.validation_record):
+    every fusion candidate's accuracy, and each modality's margin before and after."""
+    record = diagnostics.get("validation_choices")
+    if not record:
+        return ""
+    chosen, candidates = record["chosen"], record["candidates"]
+    picked = lambda c: c["fusion"] == chosen["fusion"] and c["top_k"] in (None, chosen["top_k"])  # noqa: E731
+    fusions = markdown_table(["Fusion", "top-k", "accuracy", ""], [
+        [FUSIONS.get(c["fusion"], c["fusion"]), "-" if c["top_k"] is None else str(c["top_k"]), _fmt(c["accuracy"]),
+         "chosen" if picked(c) else ""] for c in candidates["fusion"]])
+    pair = lambda acc: "n/a" if acc is None else f"{acc[0]:.2f} / {acc[1]:.2f}"  # noqa: E731
+    margins = markdown_table(
+        ["Modality", "margin (training data)", "margin used", "from", "seen / unseen samples",
+         "seen / unseen acc. at training margin", "at margin used"],
+        [[m, f"{s['trained']:.4g}", f"{s['chosen']:.4g}", "validation" if s["from_validation"] else "training data",
+          f"{s['seen_samples']} / {s['unseen_samples']}", pair(s["at_trained"]), pair(s["at_chosen"])]
+         for m, s in candidates["margins"].items()])
+    rejected = ", ".join(f"{n} {why}" for why, n in record["rejected_rows"].items()) or "none"
+    return f"""
+## Choices made on validation data
+
+`--validation` (sha256 {record['file_sha256'][:16]}, {record['samples']} samples; rows set aside: {rejected})
+chose these settings instead of the defaults; CSCF and the ablations on its weights use them.
+Fusion: {fusion_name(chosen['fusion'], chosen['top_k'])}, by top-1 accuracy (%) on the
+{candidates['multimodal_samples']} validation samples showing two or more modalities (a tie keeps the model as trained):
+
+{fusions}
+
+Calibration margins: each modality alone on the validation samples that show it, by the
+model's own criterion; the margin from training data stays without samples of both seen and
+unseen classes, or on a tie. Accuracies in percent.
+
+{margins}
+"""
+
+
+def validation_line(diagnostics: dict[str, Any]) -> list[str]:
+    """The run summary's line on the choices made on `--validation` data (none without it)."""
+    chosen = (diagnostics.get("validation_choices") or {}).get("chosen")
+    if not chosen:
+        return []
+    margins = ", ".join(f"{m} {t:.4g}" for m, t in chosen["margins"].items())
+    return [f"chosen on validation data: {fusion_name(chosen['fusion'], chosen['top_k'])}; margins {margins}"]
+
+
 def overlapping(metrics: dict[str, Any]) -> bool:
     """More than two modalities, or two seen sets that share a class."""
     seen = [set(v) for v in metrics["classes"].get("seen", {}).values()]
@@ -210,8 +266,8 @@ def run_summary(metrics: dict[str, Any], outputs: dict[str, str]) -> str:
     """What a user looks at after `cscf run`: CSCF's Table 1 row (and S, U, H under the
     AV-GZSL protocol), the routing accuracy of CSCF's own router (the learned one; DMSS for
     metrics written before it was recorded), one line per seen pattern when there are more
-    than two modalities or overlapping seen sets, and where the outputs are. Two modalities
-    give the paper's columns; more give every subset."""
+    than two modalities or overlapping seen sets, the settings chosen on `--validation` data,
+    and where the outputs are. Two modalities give the paper's columns; more give every subset."""
     scores = metrics["methods"]["CSCF"]
     names = ([k for k in (*PAPER_TABLE1, *GZSL) if k in scores] if len(metrics["modalities"]) == 2
              else list(scores))
@@ -230,6 +286,6 @@ def run_summary(metrics: dict[str, Any], outputs: dict[str, str]) -> str:
              if "all" in metrics["classes"] else f"CSCF on {metrics['dataset']} (seed {metrics['seed']}), top-1 %",
              "  ".join(n.rjust(w) for n, w in zip(names, widths)),
              "  ".join(c.rjust(w) for c, w in zip(cells, widths)),
-             f"{label}: {pct(routing)}", *patterns,
+             f"{label}: {pct(routing)}", *patterns, *validation_line(diagnostics),
              "outputs: " + ", ".join(str(p) for p in outputs.values())]
     return "\n".join(lines)

@@ -68,6 +68,8 @@ class Stage:
     files: parameters holding user file paths (hashed by content; None is allowed).
     code: modules whose source enters the key (the stage's own module is always in).
     complete: an extra check that the outputs are whole (e.g. every shard of a folder).
+    optional: parameters added after the stage existed, left out of the key while None, so
+    that a run which does not use them keeps the key it had before they were added.
     """
 
     name: str
@@ -76,12 +78,14 @@ class Stage:
     files: tuple[str, ...] = ()
     code: tuple[str, ...] = ()
     complete: Callable[[Path, str], bool] | None = None
+    optional: tuple[str, ...] = ()
 
     def key(self, params: dict[str, Any]) -> str:
         """The cache key of this stage for these parameters (workspace excluded)."""
         payload = {
             "stage": self.name,
-            "params": {k: v for k, v in params.items() if k != "workspace"},
+            "params": {k: v for k, v in params.items()
+                       if k != "workspace" and not (k in self.optional and v is None)},
             "files": {f: file_digest(params[f]) for f in self.files if params.get(f)},
             "code": code_digest((self.build.__module__, *self.code)),
         }

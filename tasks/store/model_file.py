@@ -13,8 +13,9 @@ model.json records what prediction needs besides the weights: the modalities in 
 order with their feature lengths, the class names, each modality's seen classes by name
 (any number of modalities), the class-embedding encoder and the description settings
 (so classes added at prediction time are described and embedded as in training), the
-calibration margins, the resolved model and training configs, the code version, and the
-extraction settings when the features came from media.
+calibration margins, the resolved model and training configs, the code version, the
+extraction settings when the features came from media, and, for a model whose settings were
+chosen on `--validation` data, `validation`: what was chosen from which candidates.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ def save_model(
     """Write `directory/model.safetensors` and `directory/model.json` from a training checkpoint.
 
     checkpoint: the train stage's dict ("model" state_dict, "config", "train_config",
-    "input_dims", "modalities", "class_names"). descriptions: the settings that wrote the
-    class descriptions (tasks.semantics.descriptions.DescriptionSettings.model_record()).
+    "input_dims", "modalities", "class_names", and "validation" when the validate stage
+    chose its settings). descriptions: the settings that wrote the class descriptions
+    (tasks.semantics.descriptions.DescriptionSettings.model_record()).
     """
     directory = Path(directory)
     state = {k: v.detach().cpu().contiguous() for k, v in checkpoint["model"].items()}
@@ -106,6 +108,7 @@ def save_model(
         "model_config": checkpoint["config"],
         "train_config": checkpoint.get("train_config"),
         "extraction": extraction,
+        **({"validation": checkpoint["validation"]} if "validation" in checkpoint else {}),
     }
     meta = json.loads(json.dumps(meta))  # as load_model will read it back: tuples become lists
     with catalog.atomic_path(directory / WEIGHTS) as tmp:
@@ -116,12 +119,10 @@ def save_model(
 
 
 def export_model(
-    workspace: Path, train_key: str, directory: Path, encoder: str, descriptions: dict[str, Any],
-    extraction: dict[str, Any] | None,
+    checkpoint: Path, directory: Path, encoder: str, descriptions: dict[str, Any], extraction: dict[str, Any] | None,
 ) -> Path:
-    """`cscf run --out DIR` -> `DIR/model/`: the train stage's CSCF checkpoint as a model folder."""
-    checkpoint = torch.load(catalog.stage_output(workspace, "train", train_key, ".pt"), weights_only=True)
-    return save_model(directory, checkpoint, encoder, descriptions, extraction)
+    """`cscf run --out DIR` -> `DIR/model/`: a CSCF checkpoint of the train (or validate) stage as a model folder."""
+    return save_model(directory, torch.load(checkpoint, weights_only=True), encoder, descriptions, extraction)
 
 
 def load_model(directory: Path) -> TrainedModel:

@@ -29,6 +29,9 @@ FIELDS: dict[str, tuple[type, ...]] = {
     "text_aligned": (dict,), "model_config": (dict,), "train_config": (dict, type(None)),
     "extraction": (dict, type(None)), "checksums": (dict,),
 }
+# Fields a model.json may lack: `validation` is written only for a model whose settings were
+# chosen on `cscf run --validation` data, so a folder without it (every one before) stays valid.
+OPTIONAL_FIELDS: dict[str, tuple[type, ...]] = {"validation": (dict,)}
 
 Fail = Callable[[str, str], NoReturn]
 
@@ -41,7 +44,8 @@ def check_meta(meta: Any, path: Path, weights: str) -> ModelConfig:
     """model.json as a whole: every field present with its kind and no other, names non-empty
     and unique, the seen sets, calibration margins and text alignment over exactly the
     model's modalities, every width in 1..MAX_WIDTH, the model config's fields of their
-    kinds. Returns the model config; ModelFileError (one line: file and field) otherwise.
+    kinds, and an optional `validation` record of its shape that agrees with the model config
+    and the margins. Returns the model config; ModelFileError (one line: file and field) otherwise.
 
     weights: the weights file's name, the key of its checksum in `checksums`."""
 
@@ -50,25 +54,23 @@ def check_meta(meta: Any, path: Path, weights: str) -> ModelConfig:
 
     if not isinstance(meta, dict):
         fail("(top level)", f"expected an object, got {_kind(meta)}")
-    for name, kinds in FIELDS.items():
+    for name, kinds in (FIELDS | {k: v for k, v in OPTIONAL_FIELDS.items() if k in meta}).items():
         if name not in meta:
             fail(name, "missing")
         if _kind(meta[name]) not in {_KIND_OF_TYPE[k] for k in kinds}:
             fail(name, f"expected {' or '.join(_KIND_OF_TYPE[k] for k in kinds)}, got {_kind(meta[name])}")
-    for name in sorted(meta.keys() - FIELDS.keys()):
+    for name in sorted(meta.keys() - FIELDS.keys() - OPTIONAL_FIELDS.keys()):
         fail(name, "not a field of this format version")
     modalities = _modalities(meta["modalities"], fail)
     classes = set(_names(meta["class_names"], "class_names", fail))
     if not classes:
         fail("class_names", "empty list")
-    for name, seen in _per_modality(meta, "seen", modalities, fail).items():
+    for name, seen in _per_modality(meta["seen"], "seen", modalities, fail).items():
         unknown = set(_names(seen, f"seen.{name}", fail)) - classes
         if unknown:
             fail(f"seen.{name}", f"class(es) not in class_names: {sorted(unknown)[:5]}")
-    for name, margin in _per_modality(meta, "calibration", modalities, fail).items():
-        if _kind(margin) != "a number" or not math.isfinite(margin):
-            fail(f"calibration.{name}", f"expected a finite number, got {margin!r}")
-    for name, aligned in _per_modality(meta, "text_aligned", modalities, fail).items():
+    _margins(meta["calibration"], "calibration", modalities, fail)
+    for name, aligned in _per_modality(meta["text_aligned"], "text_aligned", modalities, fail).items():
         if not isinstance(aligned, bool):
             fail(f"text_aligned.{name}", f"expected true or false, got {aligned!r}")
     _check_fields(meta["class_embeddings"], {"encoder": "a string", "dim": "a number"}, "class_embeddings", fail)
@@ -78,7 +80,44 @@ def check_meta(meta: Any, path: Path, weights: str) -> ModelConfig:
     if set(checksums) != {weights, path.name} or not isinstance(checksums[weights], str) \
             or not isinstance(checksums[path.name], dict):
         fail("checksums", f"expected {{{weights!r}: digest, {path.name!r}: {{field: digest}}}}")
-    return _model_config(meta["model_config"], fail)
+    config = _model_config(meta["model_config"], fail)
+    if "validation" in meta:
+        _check_validation(meta["validation"], meta["calibration"], config, modalities, fail)
+    return config
+
+
+def _margins(margins: dict[str, Any], field: str, modalities: list[str], fail: Fail) -> None:
+    """One finite calibration margin per modality."""
+    for name, margin in _per_modality(margins, field, modalities, fail).items():
+        if _kind(margin) != "a number" or not math.isfinite(margin):
+            fail(f"{field}.{name}", f"expected a finite number, got {margin!r}")
+
+
+def _check_validation(
+    record: dict[str, Any], calibration: dict[str, float], config: ModelConfig, modalities: list[str], fail: Fail
+) -> None:
+    """The settings chosen on validation data (tasks.training.validation.validation_record):
+    its fields of their kinds, and the choices those the model uses (its config's fusion and
+    top_k, its margins), so the record cannot describe another model."""
+    _check_fields(record, {"file_sha256": "a string", "samples": "a number", "rejected_rows": "an object",
+                           "chosen": "an object", "candidates": "an object"}, "validation", fail)
+    chosen = record["chosen"]
+    _check_fields(chosen, {"fusion": "a string", "top_k": "a number", "margins": "an object"}, "validation.chosen",
+                  fail)
+    if (chosen["fusion"], chosen["top_k"]) != (config.fusion, config.top_k):
+        fail("validation.chosen", f"fusion {chosen['fusion']!r} and top_k {chosen['top_k']!r} differ from "
+             f"model_config's {config.fusion!r} and {config.top_k!r}")
+    _margins(chosen["margins"], "validation.chosen.margins", modalities, fail)
+    if chosen["margins"] != calibration:
+        fail("validation.chosen.margins", "differ from the field 'calibration'")
+    candidates = record["candidates"]
+    _check_fields(candidates, {"multimodal_samples": "a number", "fusion": "a list", "margins": "an object"},
+                  "validation.candidates", fail)
+    for i, candidate in enumerate(candidates["fusion"]):
+        _check_fields(candidate, {"fusion": "a string"}, f"validation.candidates.fusion[{i}]", fail)
+    for name, margin in _per_modality(candidates["margins"], "validation.candidates.margins", modalities, fail).items():
+        _check_fields(margin, {"trained": "a number", "chosen": "a number"}, f"validation.candidates.margins.{name}",
+                      fail)
 
 
 def _modalities(modalities: list[Any], fail: Fail) -> list[str]:
@@ -144,11 +183,11 @@ def _check_fields(d: Any, kinds: dict[str, str], field: str, fail: Fail) -> None
             fail(f"{field}.{key}", f"expected {kind}, got {d[key]!r}")
 
 
-def _per_modality(meta: dict[str, Any], field: str, modalities: list[str], fail: Fail) -> dict[str, Any]:
+def _per_modality(value: dict[str, Any], field: str, modalities: list[str], fail: Fail) -> dict[str, Any]:
     """An object with exactly one entry per modality of the model."""
-    if set(meta[field]) != set(modalities):
-        fail(field, f"expected one entry per modality {modalities}, got {sorted(meta[field])}")
-    return meta[field]
+    if set(value) != set(modalities):
+        fail(field, f"expected one entry per modality {modalities}, got {sorted(value)}")
+    return value
 
 
 def _names(values: Any, field: str, fail: Fail) -> list[str]:

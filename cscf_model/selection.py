@@ -1,0 +1,163 @@
+"""Choices made on labelled validation samples (`cscf run --validation FILE`, CONTRACTS section 2).
+
+Without validation data, training settles three things by default or on training data
+alone: the fusion (the learned router's own, method CSCF = B+O+R), CSMF's top-k, and each
+modality's calibration margin (calibration.py, on pseudo-unseen training classes). Given
+labelled samples held out from training, they are chosen on those instead:
+
+- fusion and top-k: the router's fusion ("gate", B+O+R) or CSMF with the router naming the
+  dominant modality ("csmf", B+O+R+C) at each top-k of TOP_K_GRID, by accuracy on the
+  samples that show two or more modalities (the only ones a fusion decides);
+- margin, per modality: SeenUnseenCurve.best_margin, under the model's own criterion and
+  seen-accuracy limit, of that modality alone on every sample that shows it, when those
+  include classes it saw and classes it did not (else there is no trade-off to judge, and
+  the margin from training data stays).
+
+A margin acts only on samples that show one modality (CSCF.calibration_offset), a fusion
+only on those that show several, so the choices do not interact. A tie keeps the model as
+trained: validation data replaces a setting only when it says the change is better.
+"""
+
+from __future__ import annotations
+
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Sequence
+
+import torch
+
+from .calibration import SeenUnseenCurve, harmonic_mean
+from .cscf import CSCF, Encoded
+
+TOP_K_GRID = (1, 2, 3, 5, 10)
+_TIE = 1e-6  # percentage points: closer than this is a tie (as SeenUnseenCurve.best_margin)
+
+
+@dataclass(frozen=True)
+class FusionScore:
+    """One candidate fusion and its accuracy on the validation samples showing several modalities."""
+
+    fusion: str  # "gate" (B+O+R) or "csmf" (B+O+R+C); the model's own when it is neither
+    top_k: int | None  # CSMF's top-k; None for a fusion that does not read it
+    accuracy: float | None  # percent; None without such samples
+
+
+@dataclass(frozen=True)
+class MarginScore:
+    """One modality's margin: from training data, chosen, and both judged on validation samples."""
+
+    trained: float  # chosen on training data (calibration.choose_margins)
+    chosen: float
+    from_validation: bool  # False: the training margin stayed (a tie, or nothing to judge by)
+    seen_samples: int  # validation samples showing the modality, of classes it saw
+    unseen_samples: int  # ... of classes it did not see
+    at_trained: tuple[float, float] | None  # (seen, unseen) accuracy in percent; None without both kinds
+    at_chosen: tuple[float, float] | None
+
+
+@dataclass(frozen=True)
+class Selection:
+    """What `select_on_validation` chose, with the score of every candidate."""
+
+    fusion: str
+    top_k: int
+    margins: list[float]  # per modality, in model order
+    multimodal_samples: int  # validation samples the fusion was judged on
+    fusion_scores: list[FusionScore]  # the model as trained first
+    margin_scores: list[MarginScore]  # per modality
+
+
+@torch.no_grad()
+def select_on_validation(
+    model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, top_ks: Sequence[int] = TOP_K_GRID
+) -> Selection:
+    """Choose the fusion, CSMF's top-k and every margin of a trained CSCF with its learned
+    router on validation samples: `encoded` by CSCF.encode (or encode_for_scoring) of their
+    features, present (B, M) bool the modalities each shows, labels (B,) class indices."""
+    if model.config.router != "gate" or model.router is None:
+        raise ValueError('choosing on validation data needs a CSCF with its fitted learned router (router="gate")')
+    multi = (present.sum(1) >= 2).nonzero().squeeze(1)
+    on_multi = encoded.rows(multi), present[multi], labels[multi]
+    scores = [FusionScore(fusion, top_k, _fusion_accuracy(model, *on_multi, fusion, top_k))
+              for fusion, top_k in _fusion_candidates(model, top_ks)]
+    best = _first_best(scores)
+    margins = [_margin_score(model, m, encoded.raw[m][present[:, m]], labels[present[:, m]])
+               for m in range(present.shape[1])]
+    return Selection(best.fusion, best.top_k or model.config.top_k, [s.chosen for s in margins], len(multi),
+                     scores, margins)
+
+
+def apply_selection(model: CSCF, selection: Selection) -> None:
+    """Give `model` the chosen settings: its config's fusion and top_k, and its margins."""
+    model.config = model.config.replace(fusion=selection.fusion, top_k=selection.top_k)
+    model.margin.copy_(torch.tensor(selection.margins))
+
+
+def _fusion_candidates(model: CSCF, top_ks: Sequence[int]) -> list[tuple[str, int | None]]:
+    """(fusion, top_k) pairs: the model as trained first, then "gate", then "csmf" at every
+    top-k of the grid capped by the class count (a larger k keeps the same classes)."""
+    own = model.config.fusion
+    n_classes = model.class_emb.shape[0]
+    candidates = [(own, model.config.top_k if own == "csmf" else None), ("gate", None)]
+    candidates += [("csmf", k) for k in sorted({min(k, n_classes) for k in top_ks})]
+    return list(dict.fromkeys(candidates))
+
+
+def _fusion_accuracy(
+    model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, fusion: str, top_k: int | None
+) -> float | None:
+    """Top-1 accuracy (percent) of `fusion` at `top_k` with the learned router; None without samples."""
+    if not len(labels):
+        return None
+    with _top_k(model, top_k or model.config.top_k):
+        fused = model.fuse(encoded, present, fusion=fusion, router="gate").fused
+    return 100.0 * float((fused.argmax(-1) == labels).float().mean())
+
+
+@contextmanager
+def _top_k(model: CSCF, top_k: int) -> Iterator[None]:
+    """`model` with CSMF's top-k set for a while: CSCF.s_prune reads it from the config on use."""
+    config = model.config
+    model.config = config.replace(top_k=top_k)
+    try:
+        yield
+    finally:
+        model.config = config
+
+
+def _first_best(scores: list[FusionScore]) -> FusionScore:
+    """The first candidate within _TIE of the best accuracy: the model as trained on a tie
+    (it comes first); the first of the scores when none has an accuracy."""
+    best = max((s.accuracy for s in scores if s.accuracy is not None), default=None)
+    if best is None:
+        return scores[0]
+    return next(s for s in scores if s.accuracy is not None and s.accuracy >= best - _TIE)
+
+
+def _margin_score(model: CSCF, m: int, logits: torch.Tensor, labels: torch.Tensor) -> MarginScore:
+    """Modality m's margin on its raw logits (n, N) over the validation samples that show it."""
+    config, trained = model.config, float(model.margin[m])
+    curve = SeenUnseenCurve.from_logits(logits, labels, model.seen[m])
+    n_seen, n_unseen = len(curve.seen.gap), len(curve.unseen.gap)
+    if config.calibration != "stacking" or not n_seen or not n_unseen:
+        return MarginScore(trained, trained, False, n_seen, n_unseen, None, None)
+    best = curve.best_margin(config.calibration_criterion, config.calibration_max_seen_drop)
+    keep = _allowed(curve, trained, config.calibration_max_seen_drop) and \
+        _score(curve, trained, config.calibration_criterion) >= _score(curve, best, config.calibration_criterion) - _TIE
+    chosen = trained if keep else best
+    return MarginScore(trained, chosen, not keep, n_seen, n_unseen, curve.at(trained), curve.at(chosen))
+
+
+def _score(curve: SeenUnseenCurve, margin: float, criterion: str) -> float:
+    """What best_margin maximises, at one margin: the harmonic or arithmetic mean of the
+    seen and unseen accuracies."""
+    seen, unseen = curve.at(margin)
+    if criterion == "harmonic":
+        return float(harmonic_mean(torch.tensor(seen), torch.tensor(unseen)))
+    return (seen + unseen) / 2
+
+
+def _allowed(curve: SeenUnseenCurve, margin: float, max_seen_drop: float | None) -> bool:
+    """Whether `margin` costs at most `max_seen_drop` points of seen accuracy against margin 0,
+    the limit best_margin chooses under."""
+    return max_seen_drop is None or curve.at(margin)[0] >= curve.at(0.0)[0] - max_seen_drop

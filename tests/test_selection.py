@@ -1,0 +1,144 @@
+"""Choices made on validation samples (cscf_model/selection.py), on logits the test sets.
+
+Expected values are worked out by hand in the comments.
+"""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from cscf_model import Encoded, create_model
+from cscf_model.router import pattern_posterior
+from cscf_model.selection import FusionScore, apply_selection, select_on_validation
+
+# Three classes, modality A saw class 0, B saw classes 1 and 2. Class vectors: c0 = e0,
+# c1 = e1, c2 = (e0 + e1)/sqrt 2, so cos(c2, c0) = cos(c2, c1) = 0.707 and cos(c0, c1) = 0.
+SEEN = torch.tensor([[True, False, False], [False, True, True]])
+CLASS_EMB = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
+# Gate logits g_A = ln 3, g_B = 0 at base rates 1/2: P(A-only) / P(B-only) = prior ratio (1/3) / (2/3)
+# times e^(g_A - g_B) = 1.5, so P(A saw the class) = 0.6 > P(B saw it) = 0.4 and A dominates.
+GATES = [math.log(3.0), 0.0]
+
+
+class FixedRouter:
+    """The learned router's combination rule (router.pattern_posterior) on the gate logits the
+    test gives, at base rates 1/2: what CSCF.route reads from a fitted router."""
+
+    def posterior(self, gate_logit: torch.Tensor, present: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
+        return pattern_posterior(gate_logit, present, seen, torch.full((len(seen),), 0.5))
+
+
+def make_model(margins: tuple[float, float] = (0.0, 0.0), **config: object):
+    model = create_model("CSCF", [2, 2], CLASS_EMB, SEEN, **config).eval()
+    model.router = FixedRouter()
+    model.margin.copy_(torch.tensor(margins))
+    return model
+
+
+def encoded(raw: list[list[list[float]]]) -> Encoded:
+    """Per sample, the two modalities' raw logits; the same gate logits for every sample."""
+    raw_t = torch.tensor(raw, dtype=torch.float32).transpose(0, 1)  # (B, M, N) -> (M, B, N)
+    return Encoded(raw_t, None, torch.tensor(GATES)[:, None].expand(2, raw_t.shape[1]).clone())
+
+
+BOTH = [True, True]
+
+
+def test_csmf_at_the_top_k_that_gets_it_right_beats_the_router_fusion() -> None:
+    # One bimodal sample of class 0: A = (4, 0, 0), B = (0, 6, 0).
+    # gate ("prior"): mean (2, 3, 0) + log P(pattern): class 0 gains log 0.6, classes 1-2 log 0.4:
+    #   2 - 0.51 < 3 - 0.92: class 1, wrong.
+    # csmf, A dominant: A + S^B (B - mean B) with B centred (-2, 4, -2). S^B keeps B's classes {1, 2}:
+    #   k=1: rows (c2, c1, c2) -> (-2, 4, -2): fused (2, 4, -2), class 1, wrong.
+    #   k=2: row 0 still c2 alone (cos(c0, c1) = 0 is clipped), row 1 (0.586 c1 + 0.414 c2) -> 1.52,
+    #   row 2 (0.414 c1 + 0.586 c2) -> 0.48: fused (2, 1.52, 0.48), class 0, right.
+    #   k=3 keeps as many classes as B saw, 2: the same as k=2, so k=2 (first of the tie) wins.
+    model = make_model()
+    sel = select_on_validation(model, encoded([[[4, 0, 0], [0, 6, 0]]]), torch.tensor([BOTH]), torch.tensor([0]))
+    assert sel.fusion_scores == [FusionScore("gate", None, 0.0), FusionScore("csmf", 1, 0.0),
+                                 FusionScore("csmf", 2, 100.0), FusionScore("csmf", 3, 100.0)]  # grid capped at 3
+    assert (sel.fusion, sel.top_k, sel.multimodal_samples) == ("csmf", 2, 1)
+    assert model.config.top_k == 3  # the model is left as it was
+    apply_selection(model, sel)
+    assert (model.config.fusion, model.config.top_k) == ("csmf", 2)
+    out = model.fuse(encoded([[[4, 0, 0], [0, 6, 0]]]), torch.tensor([BOTH]))
+    assert out.fused.argmax(-1).tolist() == [0]
+
+
+def test_router_fusion_wins_where_csmf_follows_a_wrong_dominant_modality() -> None:
+    # Class 0, A = (2, 3, 0), B = (5, 0, 0). gate: mean (3.5, 1.5, 0) + log P: class 0. csmf: A dominant,
+    # B centred (3.33, -1.67, -1.67) reaches class 0 only through row 0's c2: every row of S^B (B)
+    # is -1.67 at every k, fused (0.33, 1.33, -1.67): class 1. The router's fusion stays.
+    sel = select_on_validation(make_model(), encoded([[[2, 3, 0], [5, 0, 0]]]), torch.tensor([BOTH]),
+                               torch.tensor([0]))
+    assert [s.accuracy for s in sel.fusion_scores] == [100.0, 0.0, 0.0, 0.0]
+    assert (sel.fusion, sel.top_k) == ("gate", 3)
+
+
+def test_a_tie_keeps_the_model_as_trained_and_one_modality_samples_do_not_vote() -> None:
+    # Sample 0 (both, class 0): A = (5, 0, 0), B = (0, 0, 0): right under every fusion.
+    # Sample 1 shows A alone: whatever the fusion, one modality is scored by calibrated stacking.
+    sel = select_on_validation(make_model(), encoded([[[5, 0, 0], [0, 0, 0]], [[0, 5, 0], [0, 0, 0]]]),
+                               torch.tensor([BOTH, [True, False]]), torch.tensor([0, 0]))
+    assert [s.accuracy for s in sel.fusion_scores] == [100.0] * 4
+    assert (sel.fusion, sel.top_k, sel.multimodal_samples) == ("gate", 3, 1)
+    # a model trained with CSMF at top-k 5 is the default then: it comes first and keeps the tie
+    sel = select_on_validation(make_model(fusion="csmf", top_k=5), encoded([[[5, 0, 0], [0, 0, 0]]]),
+                               torch.tensor([BOTH]), torch.tensor([0]))
+    assert sel.fusion_scores[0] == FusionScore("csmf", 5, 100.0) and (sel.fusion, sel.top_k) == ("csmf", 5)
+
+
+# Modality A alone (B absent). Sample 0, class 0 (A saw it): A = (3, 0, 0), gap best seen - best
+# unseen = 3, right while predicted seen (margin < 3). Sample 1, class 1 (A did not see it):
+# A = (2, 1, 0), gap 1, right once predicted unseen (margin >= 1). Margins 1 <= t < 3 get both right.
+A_ALONE = [[[3, 0, 0], [0, 0, 0]], [[2, 1, 0], [0, 0, 0]]]
+A_PRESENT = torch.tensor([[True, False], [True, False]])
+
+
+def test_margin_moves_where_validation_data_says_it_is_better() -> None:
+    # trained margin 0.5: seen 100, unseen 0 (mean 50); the curve's best is 2 (between the gaps):
+    # 100 and 100. B shows no sample: its training margin stays.
+    sel = select_on_validation(make_model((0.5, 0.7)), encoded(A_ALONE), A_PRESENT, torch.tensor([0, 1]))
+    a, b = sel.margin_scores
+    assert (a.trained, a.chosen, a.from_validation) == (0.5, 2.0, True)
+    assert (a.seen_samples, a.unseen_samples, a.at_trained, a.at_chosen) == (1, 1, (100.0, 0.0), (100.0, 100.0))
+    assert (b.chosen, b.from_validation, b.at_chosen) == (pytest.approx(0.7), False, None)
+    assert sel.margins == [2.0, pytest.approx(0.7)]
+    assert sel.multimodal_samples == 0 and sel.fusion == "gate"  # nothing to judge a fusion by
+    model = make_model((0.5, 0.7))
+    apply_selection(model, sel)
+    # A alone on sample 1 now: (2 - 2, 1, 0): class 1, right
+    assert model.fuse(encoded(A_ALONE), A_PRESENT).fused.argmax(-1).tolist() == [0, 1]
+
+
+def test_margin_stays_on_a_tie_and_without_unseen_samples() -> None:
+    # trained 1.5 already gets both right: a tie with the curve's 2, so 1.5 stays
+    sel = select_on_validation(make_model((1.5, 0.0)), encoded(A_ALONE), A_PRESENT, torch.tensor([0, 1]))
+    assert (sel.margin_scores[0].chosen, sel.margin_scores[0].from_validation) == (1.5, False)
+    # only samples of A's seen class: nothing to trade off, the training margin stays
+    sel = select_on_validation(make_model((0.5, 0.0)), encoded(A_ALONE[:1]), A_PRESENT[:1], torch.tensor([0]))
+    assert (sel.margin_scores[0].chosen, sel.margin_scores[0].unseen_samples) == (0.5, 0)
+
+
+def test_margin_respects_the_models_seen_accuracy_limit() -> None:
+    # Two seen samples (gaps 3 and 0.5) and one unseen (gap 1): margin 2 gets the unseen one right
+    # and loses the seen one of gap 0.5 (seen 100 -> 50, 50 points); with at most 3 points of seen
+    # accuracy to give, the margins below 0.5 stay best (seen 100, unseen 0), and the trained 0.2
+    # is one of them.
+    raw = [*A_ALONE, [[2.0, 1.5, 0], [0, 0, 0]]]
+    present = torch.tensor([[True, False]] * 3)
+    sel = select_on_validation(make_model((0.2, 0.0)), encoded(raw), present, torch.tensor([0, 1, 0]))
+    assert (sel.margin_scores[0].chosen, sel.margin_scores[0].from_validation) == (pytest.approx(0.2), False)
+    unlimited = make_model((0.2, 0.0), calibration_max_seen_drop=None)
+    sel = select_on_validation(unlimited, encoded(raw), present, torch.tensor([0, 1, 0]))
+    # means: t < 0.5: (100 + 0)/2 = 50; 0.5 <= t < 1: (50 + 0)/2; 1 <= t < 3: (50 + 100)/2 = 75
+    assert sel.margin_scores[0].chosen == 2.0
+
+
+def test_a_model_without_its_learned_router_is_refused() -> None:
+    model = create_model("CSCF", [2, 2], CLASS_EMB, SEEN).eval()
+    with pytest.raises(ValueError, match="learned router"):
+        select_on_validation(model, encoded(A_ALONE), A_PRESENT, torch.tensor([0, 1]))
