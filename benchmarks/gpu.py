@@ -28,7 +28,7 @@ import pyarrow.compute as pc
 import torch
 
 from cscf_model import TrainConfig, TrainData, create_model, train
-from cscf_model.trainer import epoch_indices, step_batch
+from cscf_model.trainer import batch_loss, epoch_indices, make_optimizer, resolve_precision, step_batch
 from tasks.training.mmhcl_data import MMHCLData, TestSet
 from tasks.evaluation.scoring import cscf_predict, evaluate_method, on_test
 
@@ -85,7 +85,7 @@ def trainer_seconds(data: MMHCLData, cfg: TrainConfig) -> tuple[float, torch.nn.
 
 def bare_seconds(data: MMHCLData, cfg: TrainConfig) -> float:
     """A plain Adam loop over the trainer's own batches, made and moved to the device before
-    the clock starts; bf16 autocast as the trainer uses it."""
+    the clock starts; the trainer's step (`batch_loss`) and precision."""
     device = torch.device(cfg.device)
     epochs = []
     for epoch in range(cfg.epochs):
@@ -95,16 +95,13 @@ def bare_seconds(data: MMHCLData, cfg: TrainConfig) -> float:
     model = _model(data, cfg.seed)
     model.fit_input_stats(data.train.features)
     model.to(device).train()
-    optimizer = torch.optim.Adam([p for p in model.parameters() if p.requires_grad], lr=cfg.lr,
-                                 weight_decay=cfg.weight_decay)
+    optimizer, precision = make_optimizer(model, cfg), resolve_precision(cfg.precision, device)
     _sync(device)
     began = time.perf_counter()
     for epoch, batches in enumerate(epochs):
         torch.manual_seed(cfg.seed * 100_003 + epoch)
         for feats, labels, present in batches:
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.amp and device.type == "cuda"):
-                out = model(feats, present)
-            loss = model.loss(out, labels, present)
+            loss = batch_loss(model, feats, labels, present, precision)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -132,7 +129,7 @@ def run(centres_file: Path, out: Path, epochs: int, acc_fraction: float, acc_epo
     full = load_problem(centres_file, 1.0)
     note(full_train_samples=sum(len(y) for y in full.train.labels), full_test_samples=len(full.test.labels),
          load_s=time.perf_counter() - began)
-    gpu = TrainConfig(epochs=2, device="cuda", amp=True)
+    gpu = TrainConfig(epochs=2, device="cuda", precision="bf16")
     trainer_seconds(full, replace(gpu, epochs=1))  # CUDA context, kernels and allocator off the clock
     trainer_s = min(trainer_seconds(full, gpu)[0] for _ in range(2))
     bare_s = min(bare_seconds(full, gpu) for _ in range(2))
@@ -159,7 +156,7 @@ def _accuracy(centres_file: Path, acc_fraction: float, acc_epochs: int, deadline
         if time.perf_counter() - began > deadline_s:
             note(skipped=f"{device} seed {seed}: past the {deadline_s:.0f} s deadline")
             break
-        seconds, model = trainer_seconds(small, TrainConfig(epochs=acc_epochs, device=device, amp=True, seed=seed))
+        seconds, model = trainer_seconds(small, TrainConfig(epochs=acc_epochs, device=device, seed=seed))
         note(**{f"{device}_acc_mix_seed{seed}": acc_mix(model, small), f"{device}_train_s_seed{seed}": seconds})
     note(acc_fraction=acc_fraction, acc_epochs=acc_epochs, total_s=time.perf_counter() - began)
 

@@ -93,13 +93,14 @@ def measure_pipeline(features: Path, classes: Path, workspace: Path, epochs: int
     return costs
 
 
-def measure(fraction: float, epochs: int) -> dict[str, StageCost]:
-    """Stage costs at `fraction` of the full size, on a dataset generated for it (timed as `generate`)."""
+def measure(fraction: float, epochs: int, until: str = "evaluate") -> dict[str, StageCost]:
+    """Stage costs at `fraction` of the full size, on a dataset generated for it (timed as `generate`),
+    up to stage `until` (`measure(1, 1, until="features")`: the features stage alone at 1x)."""
     with tempfile.TemporaryDirectory(prefix="cscf-scale-") as tmp:
         began = time.perf_counter()
         features, classes = write_scale_dataset(Path(tmp) / "data", ScaleSize(fraction))
         generated = StageCost(time.perf_counter() - began, float("nan"))
-        return {"generate": generated, **measure_pipeline(features, classes, Path(tmp) / "workspace", epochs)}
+        return {"generate": generated, **measure_pipeline(features, classes, Path(tmp) / "workspace", epochs, until)}
 
 
 def _label(fraction: float) -> str:

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
-from .mappers import build_mapper
+from .mappers import MapperBank, build_mapper
 from .router import GateRouter, routed_probs, router_from_state, seen_patterns
 
 _EPS = 1e-8
@@ -227,7 +227,7 @@ class CSCF(nn.Module):
         else:
             make = lambda d, m: nn.Linear(d, n_classes)  # noqa: E731
         self.mappers = nn.ModuleList(
-            nn.ModuleList(make(d, m) for m in config.mappers) for d in self.input_dims
+            MapperBank([make(d, m) for m in config.mappers]) for d in self.input_dims
         )
         # Per-modality feature standardisation, fitted on training data (fit_input_stats):
         # user features come at any scale, and the checkpoint must carry the statistics.
@@ -277,15 +277,25 @@ class CSCF(nn.Module):
         return self.log_scale.exp().clamp(max=100.0)
 
     def modality_logits(self, m: int, x: torch.Tensor) -> torch.Tensor:
-        """(B, d_m) -> (K, B, N): logits of modality m's K modules, before calibration."""
+        """(B, d_m) -> (K, B, N): logits of modality m's K modules, before calibration.
+
+        Under bf16 autocast the mappers run in bf16 and the cosine head in fp32: the scale
+        (gamma^2 = 30) would magnify bf16's rounding of the cosines into the logits."""
         z = (x - getattr(self, f"in_mean_{m}")) / getattr(self, f"in_std_{m}")
+        out = self.mappers[m](z)  # (K, B, d_s); (K, B, N) for the linear head
         if self.config.head == "linear":
-            return torch.stack([f(z) for f in self.mappers[m]])
-        if self.aligned[m]:
-            s_hat = [x + g * f(z) for f, g in zip(self.mappers[m], self.gates[m])]
-        else:
-            s_hat = [f(z) for f in self.mappers[m]]
-        return torch.stack([osrs_logits(s, self.class_emb, self.scale) for s in s_hat])
+            return out
+        with torch.autocast(x.device.type, enabled=False):
+            s_hat = out.float()
+            if self.aligned[m]:
+                s_hat = x + self.gates[m][:, None, None] * s_hat
+            return osrs_logits(s_hat, self.class_emb, self.scale)
+
+    def _present_logits(self, m: int, x: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
+        """(K, B, N): modality_logits on the rows that show modality m (shown (B,)), 0 on the others."""
+        rows = shown.nonzero()[:, 0]
+        lk = self.modality_logits(m, x[rows]).float()
+        return lk.new_zeros(lk.shape[0], len(x), lk.shape[2]).index_copy(1, rows, lk)
 
     def calibration_offset(self, present: torch.Tensor) -> torch.Tensor:
         """(M, B, N): calibrated stacking subtracts modality m's margin from its seen classes,
@@ -300,10 +310,17 @@ class CSCF(nn.Module):
             single = torch.zeros_like(single)  # the gate decides seen vs unseen instead
         return (self.margin[:, None] * self.seen)[:, None, :] * single[None, :, None]
 
-    def encode(self, features: list[torch.Tensor], gates: bool = True) -> Encoded:
+    def encode(self, features: list[torch.Tensor], gates: bool = True, present: torch.Tensor | None = None) -> Encoded:
         """The presence-independent part of the forward pass: every modality's K raw logits
-        and, when `gates` and a router is fitted, its gate logits (absent rows: any values)."""
-        raw_k = torch.stack([self.modality_logits(m, x) for m, x in enumerate(features)]).float()
+        and, when `gates` and a router is fitted, its gate logits (absent rows: any values).
+
+        Given `present` (B, M), a modality's mappers run on its present rows only and the
+        absent rows' logits are 0: a training batch shows each sample in one modality, and
+        computing the others' mappers on its zero rows doubled the work of two modalities."""
+        if present is None:
+            raw_k = torch.stack([self.modality_logits(m, x) for m, x in enumerate(features)]).float()
+        else:
+            raw_k = torch.stack([self._present_logits(m, x, present[:, m]) for m, x in enumerate(features)])
         raw = raw_k.mean(1)
         gate_logit = None
         if gates and self.router is not None:

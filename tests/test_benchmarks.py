@@ -19,11 +19,13 @@ from pathlib import Path
 import numpy as np
 import pyarrow.compute as pc
 import pytest
+import torch
 
 from benchmarks import __main__ as bench
 from benchmarks import duckdb_queries, rerun, scale, scale_data, train
 from benchmarks.scale_data import ScaleSize, write_scale_dataset
-from cscf_model import TrainConfig
+from cscf_model import MapperConfig, TrainConfig, create_model
+from cscf_model.trainer import resolve_precision
 from tasks.evaluation.report import PAPER_TABLE1 as TABLE1, run_summary
 from tasks.ingest.features import read_features, validate_features
 from tasks.store.inputs import read_classes
@@ -59,10 +61,11 @@ class ScriptedClock:
 def test_train_figures(monkeypatch: pytest.MonkeyPatch) -> None:
     """Each figure is what its meaning says, from the best time of each kind of run: the
     runs do their real work but report scripted durations, so every figure has a value
-    computed by hand; checkpoint_mb is the size of the checkpoint files actually written."""
+    computed by hand; checkpoint_mb is the size of the checkpoint files actually written,
+    the FLOPs per sample are train.flops_per_sample's (checked by hand below)."""
     size = dataclasses.replace(train.SIZES["tiny"], repeats=2)
     monkeypatch.setitem(train.SIZES, "tiny", size)
-    scripted = {"trainer": [4.0, 2.0], "bare": [1.0, 1.5], "checkpoint": [2.5, 3.0]}
+    scripted = {"trainer": [4.0, 2.0], "bare": [1.0, 1.5], "checkpoint": [2.5, 3.0], "reference": [9.0, 8.0]}
     written: list[int] = []
     real_project, real_bare = train.train_project, train.train_bare
 
@@ -75,16 +78,19 @@ def test_train_figures(monkeypatch: pytest.MonkeyPatch) -> None:
         written.extend(p.stat().st_size for p in checkpoint_dir.glob("epoch-*.pt"))
         return scripted["checkpoint"].pop(0), losses
 
-    def bare(problem, cfg):
-        _, losses = real_bare(problem, cfg)
-        return scripted["bare"].pop(0), losses
+    def bare(problem, cfg, reference=False):
+        _, losses = real_bare(problem, cfg, reference)
+        return scripted["reference" if reference else "bare"].pop(0), losses
 
     monkeypatch.setattr(train, "train_project", project)
     monkeypatch.setattr(train, "train_bare", bare)
+    monkeypatch.setattr(train, "matmul_flop_rate", lambda precision: 1e9)
     figures = train.run(tiny=True)
-    assert scripted == {"trainer": [], "bare": [], "checkpoint": []}  # every repeat ran
+    assert scripted == {"trainer": [], "bare": [], "checkpoint": [], "reference": []}  # every repeat ran
     assert len(written) == 2 * size.epochs  # one checkpoint per epoch, per repeat
     samples = size.samples * size.epochs  # 96 samples, 2 epochs: 192 samples trained per run
+    flops, executed = train.flops_per_sample(train.make_problem(size), TrainConfig(epochs=size.epochs, device="cpu"))
+    bits = 16.0 if resolve_precision("auto", torch.device("cpu")) == "bf16" else 32.0
     assert figures == pytest.approx({
         "train_samples_per_s": samples / 2.0,  # best trainer time 2.0 s
         "train_bare_samples_per_s": samples / 1.0,  # best bare time 1.0 s
@@ -92,18 +98,42 @@ def test_train_figures(monkeypatch: pytest.MonkeyPatch) -> None:
         "train_checkpoint_samples_per_s": samples / 2.5,
         "checkpoint_overhead_ratio": 2.5 / 2.0,
         "checkpoint_mb": max(written) / 2**20,
+        "train_fp32_bare_samples_per_s": samples / 8.0,  # best reference time 8.0 s
+        "train_speedup_vs_fp32_bare": 8.0 / 2.0,
+        "train_precision_bits": bits,
+        "train_gflop_per_s": flops * samples / 2.0 / 1e9,
+        "matmul_gflop_per_s": 1.0,  # the scripted 1e9 FLOP/s
+        "train_flop_fraction": flops * samples / 2.0 / 1e9,
+        "train_executed_flop_fraction": executed * samples / 2.0 / 1e9,
     }, rel=1e-12)
 
 
+def test_flops_per_sample_counts_the_matmuls_by_hand() -> None:
+    """One linear mapper per modality (d = 24 and 16 -> d_s = 384), 6 classes. Forward per
+    sample of modality m: d_m x 384 (mapper) + 384 x 6 (cosine head) multiply-adds, 768 d_m
+    + 4608 FLOPs; counted 3x. As run, the backward is the mapper's weight gradient (no input
+    gradient: it reads the features) and the head's input gradient (the class vectors are
+    fixed): 2 x the forward. Half the 96 samples are in each modality."""
+    problem = train.make_problem(train.SIZES["tiny"])
+    linear = [MapperConfig(kind="linear")]
+    problem.model = lambda seed: create_model("CSCF", [24, 16], problem.class_emb, problem.seen, mappers=linear)
+    counted, executed = train.flops_per_sample(problem, TrainConfig(device="cpu"))
+    forward = (768 * 24 + 4608 + 768 * 16 + 4608) / 2
+    assert (counted, executed) == (3 * forward, 2 * forward)
+
+
 def test_bare_loop_does_the_trainers_work() -> None:
-    """Same weights, batches and dropout: the bare loop's losses are the trainer's, epoch by epoch."""
+    """Same weights, batches and dropout: the bare loop's losses are the trainer's, epoch by
+    epoch; the fp32 reference loop trains the same model to nearly the same losses."""
     problem = train.make_problem(train.SIZES["tiny"])
     cfg = TrainConfig(epochs=3, batch_size=16, device="cpu")
     with train.one_thread():
         _, trainer_losses = train.train_project(problem, cfg)
         _, bare_losses = train.train_bare(problem, cfg)
+        _, reference_losses = train.train_bare(problem, cfg, reference=True)
     assert len(trainer_losses) == 3
     assert bare_losses == pytest.approx(trainer_losses, rel=1e-5)
+    assert reference_losses == pytest.approx(trainer_losses, rel=0.1)
 
 
 def test_duckdb_figures(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -280,3 +310,16 @@ def test_run_summary_shows_table_1_routing_and_outputs() -> None:
     assert lines[2].split() == ["90.00", "80.00", "10.00", "-", "50.00", "60.00", "55.00", "58.00"]
     assert lines[3] == "DMSS routing accuracy: 81.25 %"
     assert lines[4] == "outputs: out/metrics.json, out/model"
+
+
+def test_precision_table_gives_mean_std_and_the_difference() -> None:
+    """benchmarks.precision's summary line per figure: values 90, 92, 94 have mean 92 and
+    sample standard deviation 2; 91, 92, 96 mean 93 (std sqrt(7) = 2.65): +1.00."""
+    from benchmarks import precision
+
+    figures = {"fp32": {"A_all+B_all": [90.0, 92.0, 94.0], "acc_mix": [68.0, 68.0, 68.0]},
+               "fast": {"A_all+B_all": [91.0, 92.0, 96.0], "acc_mix": [68.5, 68.5, 68.5]}}
+    assert precision.table(figures).splitlines() == [
+        "A_all+B_all: fp32 92.00 ± 2.00 (90.00, 92.00, 94.00); fast 93.00 ± 2.65 (91.00, 92.00, 96.00); fast - fp32 +1.00",
+        "acc_mix: fp32 68.00 ± 0.00 (68.00, 68.00, 68.00); fast 68.50 ± 0.00 (68.50, 68.50, 68.50); fast - fp32 +0.50",
+    ]

@@ -127,3 +127,31 @@ def _escape(text: str) -> str:
     import re
 
     return re.escape(text)
+
+
+def test_a_streamed_file_gives_what_checking_the_whole_table_gives(tmp_path, monkeypatch):
+    """The user's file is checked and written a batch at a time (issue 22): with 5-row batches
+    over 3-row row groups, the kept and rejected rows are those of the whole table checked
+    at once, in order, and the output's row groups have catalog.ROW_GROUP_ROWS (here 7) rows."""
+    from tasks.ingest import features as stage
+
+    rows = tiny_rows(per_class=4)
+    rows[0] = {**rows[0], "class_name": "unicorn singing"}
+    rows[7] = {**rows[7], "vector": [math.nan] + rows[7]["vector"][1:]}
+    rows[12] = {**rows[12], "vector": rows[12]["vector"][:-1]}
+    rows.append(dict(rows[20]))  # duplicated (sample_id, modality)
+    rows[31] = {**rows[31], "class_name": CLASSES[0]}  # its other modality says otherwise
+    features, classes = write_dataset(tmp_path / "in", rows)
+    import pyarrow.parquet as pq
+
+    pq.write_table(pa.Table.from_pylist(rows), features, row_group_size=3)
+    monkeypatch.setattr(stage, "BATCH_ROWS", 5)
+    monkeypatch.setattr(catalog, "ROW_GROUP_ROWS", 7)
+    kept, rejected = _build(tmp_path, rows)
+    want_kept, want_rejected = stage.validate_features(read_features(features), set(CLASSES), str(features))
+    assert kept.equals(want_kept.combine_chunks())
+    assert rejected.equals(want_rejected.cast(catalog.REJECTED).combine_chunks())
+    assert len(rejected) == 6  # unknown class, NaN, wrong length, duplicate, two rows of the conflicting sample
+    groups = pq.ParquetFile(catalog.stage_output(tmp_path / "ws", "features", "k")).metadata
+    sizes = [groups.row_group(i).num_rows for i in range(groups.num_row_groups)]
+    assert sizes == [7] * (len(kept) // 7) + ([len(kept) % 7] if len(kept) % 7 else [])
