@@ -27,7 +27,7 @@ from torch import nn
 
 from .config import ModelConfig
 from .mappers import MapperBank, build_mapper
-from .router import GateRouter, routed_probs, router_from_state, seen_patterns
+from .router import GateRouter, expert_product, present_mean, routed_probs, router_from_state, seen_patterns
 
 _EPS = 1e-8
 
@@ -248,6 +248,7 @@ class CSCF(nn.Module):
         """As nn.Module's, and rebuilds the learned router first when the state carries one
         (its buffers' shapes depend on the training data, so no empty one can be made)."""
         if self.router is None and any(k.startswith("router.") for k in state_dict):
+            state_dict = dict(state_dict)  # router_from_state fills in what older routers lack
             self.router = router_from_state(state_dict, "router.")
         return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
@@ -373,7 +374,7 @@ class CSCF(nn.Module):
             fused = (logits * w).sum(0) / w.sum(0).clamp_min(1)
             dominant = u.argmin(0)
         elif fusion == "gate":
-            fused, dominant = self.gate_fuse(raw, shown, posterior, self.config.gate_mix), u.argmin(0)
+            fused, dominant = self.gate_fuse(raw, shown, posterior, self.config.gate_mix, enc.gate_logit), u.argmin(0)
         elif fusion == "dominant":
             fused, dominant = csmf_fuse(logits, u, present, self.s_prune, False, 0.0)
         else:
@@ -429,16 +430,22 @@ class CSCF(nn.Module):
         return torch.stack([self.modality_logits(m, x) for m, x in enumerate(zeros)]).float()
 
     def gate_fuse(
-        self, raw: torch.Tensor, present: torch.Tensor, posterior: torch.Tensor | None, mix: str
+        self, raw: torch.Tensor, present: torch.Tensor, posterior: torch.Tensor | None, mix: str,
+        gate_logit: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Fused logits (B, N) from the router's posterior: "prior" adds log P(pattern of c | x)
-        to the mean of the present modalities' logits; "soft"/"hard" are log router.routed_probs."""
-        if posterior is None:
+        """Fused logits (B, N) from the learned router: "product" is router.expert_product of the
+        gates (M, B) `gate_logit` and the modalities' own distributions; "prior" adds
+        log P(pattern of c | x) to the mean of the present modalities' logits; "soft"/"hard"
+        are log router.routed_probs."""
+        if posterior is None or self.router is None:
             raise ValueError('fusion="gate" needs router="gate" with a fitted router')
+        if mix == "product":
+            if gate_logit is None:
+                raise ValueError('gate_mix="product" needs the gate logits: encode with gates=True')
+            r = self.router
+            return expert_product(raw, present, self.seen, gate_logit, r.base_rate, r.weight, self.aligned, r.temperature)
         if mix == "prior":
-            w = present.float()[..., None]
-            mean = (raw * w).sum(0) / w.sum(0).clamp_min(1)
-            return mean + posterior.clamp_min(1e-12).log()[:, seen_patterns(self.seen)[1]]
+            return present_mean(raw, present) + posterior.clamp_min(1e-12).log()[:, seen_patterns(self.seen)[1]]
         return routed_probs(raw, present, self.seen, posterior, hard=mix == "hard").clamp_min(1e-12).log()
 
     def loss(self, out: CSCFOutput, labels: torch.Tensor, present: torch.Tensor) -> torch.Tensor:

@@ -9,7 +9,7 @@ labelled samples held out from training, they are chosen on those instead:
   dominant modality ("csmf", B+O+R+C) at each top-k of TOP_K_GRID, by accuracy on the
   samples that show two or more modalities (the only ones a fusion decides);
 - margin, per modality: SeenUnseenCurve.best_margin, under the model's own criterion and
-  seen-accuracy limit, of that modality alone on every sample that shows it, when those
+  seen-accuracy limit as calibration.margin_rule applies them to that modality, of that modality alone on every sample that shows it, when those
   include classes it saw and classes it did not (else there is no trade-off to judge, and
   the margin from training data stays).
 
@@ -26,7 +26,7 @@ from typing import Iterator, Sequence
 
 import torch
 
-from .calibration import SeenUnseenCurve, harmonic_mean
+from .calibration import SeenUnseenCurve, harmonic_mean, margin_rule
 from .cscf import CSCF, Encoded
 
 TOP_K_GRID = (1, 2, 3, 5, 10)
@@ -141,9 +141,11 @@ def _margin_score(model: CSCF, m: int, logits: torch.Tensor, labels: torch.Tenso
     n_seen, n_unseen = len(curve.seen.gap), len(curve.unseen.gap)
     if config.calibration != "stacking" or not n_seen or not n_unseen:
         return MarginScore(trained, trained, False, n_seen, n_unseen, None, None)
-    best = curve.best_margin(config.calibration_criterion, config.calibration_max_seen_drop)
-    keep = _allowed(curve, trained, config.calibration_max_seen_drop) and \
-        _score(curve, trained, config.calibration_criterion) >= _score(curve, best, config.calibration_criterion) - _TIE
+    criterion, max_seen_drop = margin_rule(config.calibration_criterion, config.calibration_max_seen_drop,
+                                           bool(model.aligned[m]))
+    best = curve.best_margin(criterion, max_seen_drop)
+    keep = _allowed(curve, trained, max_seen_drop) and \
+        _score(curve, trained, criterion) >= _score(curve, best, criterion) - _TIE
     chosen = trained if keep else best
     return MarginScore(trained, chosen, not keep, n_seen, n_unseen, curve.at(trained), curve.at(chosen))
 

@@ -72,6 +72,9 @@ def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--offline-template", help="the offline description writer's phrasings: a file, one per line, with {class_name}")
     p.add_argument("--epochs", type=int, help="training epochs (default 50)")
     p.add_argument("--top-k", type=int, help="CSMF top-k (default 3)")
+    p.add_argument("--calibration", choices=("harmonic", "seen-budget"),
+                   help="calibration margins by the harmonic mean of seen and unseen accuracy (default), or by "
+                        "their mean at most 3 points of seen accuracy below no margin")
     p.add_argument("--device", help="auto, cpu or cuda")
     p.add_argument("--refresh", action="append", default=[], metavar="STAGE", help="recompute this stage even if cached (repeatable)")
     p.add_argument("--task-runner", choices=("threads", "dask"), help="what runs the extraction shards (default: threads)")
@@ -128,6 +131,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams, imported la
         "workspace": args.workspace,
         "epochs": args.epochs,
         "top_k": args.top_k,
+        "calibration": args.calibration,
         "device": args.device,
         "refresh": args.refresh,
         "llm": LLMParams(**llm),

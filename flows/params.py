@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
 from tasks.store.catalog import DEFAULT_WORKSPACE
 from tasks.ingest.default_dataset import default_classes_path
 from tasks.semantics.descriptions import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE
+from tasks.training.train import MARGIN_RULES
 
 STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "validate", "evaluate")
 
@@ -65,6 +66,9 @@ class PipelineParams(BaseModel):
     encoder: str = Field("minilm", description="text encoder for class semantics")
     llm: LLMParams = LLMParams()
     top_k: int = Field(3, ge=1, description="classes kept per row of CSMF's pruned similarity matrix")
+    calibration: Literal["harmonic", "seen-budget"] = Field(
+        "harmonic", description="how each modality's calibration margin is chosen on training data: the harmonic mean "
+        "of seen and unseen accuracy, or their mean at a cost of at most 3 points of seen accuracy")
     validation: str | None = Field(
         None, description="labelled long-form Parquet file (CONTRACTS section 1) on which the fusion, CSMF top-k and "
         "calibration margins are chosen instead of defaults; empty: the defaults")
@@ -108,6 +112,12 @@ class PipelineParams(BaseModel):
         if self.dask_address and self.task_runner != "dask":
             raise ValueError("--dask-address needs --task-runner dask")
         return self
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The model settings the parameters change for CSCF and CSCF (paper); only those set
+        away from the model's defaults, so the training keys of a default run stay as they were."""
+        rule = {} if self.calibration == "harmonic" else {"calibration_criterion": MARGIN_RULES[self.calibration]}
+        return {"top_k": self.top_k, **rule}
 
     def classes_path(self) -> str:
         sources = [name for name in ("features", "manifest", "published") if getattr(self, name)]

@@ -118,7 +118,7 @@ class Wiring:
         return {
             method: self.call(stages.train_task, features_key=self.features, split_key=self.split,
                                embeddings_key=self.class_embeddings, method=method,
-                               model_overrides={"top_k": self.params.top_k} if method != "B" else {},
+                               model_overrides=self.params.model_overrides() if method != "B" else {},
                                train_config=self.train_config)
             for method in TRAINED
         }

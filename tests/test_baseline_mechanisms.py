@@ -310,7 +310,7 @@ def test_margins_are_chosen_on_training_data_for_every_modality(name: str, three
         copies.append((pseudo_seen, model, fitted))
         return model
 
-    margins = fit_margins(make, data, seen, cfg, 0.34, "mean", None)
+    margins = fit_margins(make, data, seen, cfg, 0.34, "mean", None, torch.zeros(3, dtype=torch.bool))
     (pseudo_seen, model, fitted), = copies  # one copy, trained once
     fit, val = fitted[0], pseudo_unseen_split(data, seen, 0.34, 0.2, cfg.seed)[2]
     assert len(margins) == 3 and margins[0] != 0 and margins[1] != 0
@@ -338,7 +338,8 @@ def test_fusion_methods_have_no_margin_to_fit(three_modalities) -> None:
     emb, seen, data, _ = three_modalities
     with pytest.raises(ValueError, match="TMC has no per-modality class scores"):
         fit_margins(lambda s: create_baseline("TMC", list(DIMS3), emb, s), data, seen,
-                    TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu"), 0.34, "mean", None)
+                    TrainConfig(epochs=1, batch_size=16, seed=0, device="cpu"), 0.34, "mean", None,
+                    torch.zeros(3, dtype=torch.bool))
 
 
 # ----------------------------------------------------------------------------- DSECN's external names

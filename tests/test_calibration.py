@@ -188,7 +188,7 @@ def _train_aligned(keep_geometry: bool) -> tuple[torch.Tensor, TrainData, TrainD
         return create_model("B+O+D+C", [32, 20], emb, s, aligned, keep_geometry=keep_geometry)
 
     model, _ = train_model(make(seen), train, cfg)
-    margins = fit_margins(make, train, seen, cfg, holdout=0.25, criterion="mean", max_seen_drop=None)
+    margins = fit_margins(make, train, seen, cfg, holdout=0.25, criterion="mean", max_seen_drop=None, aligned=aligned)
     with torch.no_grad():
         raw = model.modality_logits(0, test.features[0]).mean(0)
     return seen, train, test, raw, margins, aligned
@@ -220,3 +220,11 @@ def test_margin_chosen_on_training_data_brings_unseen_classes_back() -> None:
     calibrated = raw - margins[0] * seen[0]
     assert margins[0] > 0
     assert _acc(calibrated, y, unseen) > _acc(raw, y, unseen) + 20
+
+
+def test_margin_rule_gives_harmonic_to_aligned_modalities_only() -> None:
+    from cscf_model.calibration import margin_rule
+
+    assert margin_rule("harmonic", 3.0, aligned=True) == ("harmonic", None)
+    assert margin_rule("harmonic", 3.0, aligned=False) == ("mean", 3.0)
+    assert margin_rule("mean", 3.0, aligned=True) == ("mean", 3.0)

@@ -18,6 +18,8 @@ from cscf_model.router import (
     ModalityGate,
     auc,
     class_holdouts,
+    expert_product,
+    fit_temperature,
     fit_gate,
     fit_logistic,
     fit_router,
@@ -301,6 +303,8 @@ def test_router_state_with_base_rate_0_or_1_is_refused(bad: float) -> None:
     ("router.gates.0.k", torch.zeros_like, r"gates\.0\.k must be >= 1"),
     ("router.weight", lambda v: torch.ones(3), r"router\.weight has shape \(3,\), expected \(2,\)"),
     ("router.weight", lambda v: -v, r"router\.weight must be finite and >= 0"),
+    ("router.temperature", torch.zeros_like, r"router\.temperature must be finite and > 0"),
+    ("router.temperature", lambda v: torch.ones(1), r"router\.temperature has shape \(1,\), expected \(2,\)"),
     ("router.gates.1.weights", None, r"gates\.1\.weights is missing"),
 ])
 def test_router_state_checks_every_field(key: str, value, message: str) -> None:
@@ -406,7 +410,7 @@ def test_auc_matches_the_pairwise_count_on_random_scores_with_ties() -> None:
 def test_cscf_with_gate_router_fuses_and_survives_a_checkpoint() -> None:
     train, seen, x = two_modality_setup()
     class_emb = torch.randn(6, 8, generator=torch.Generator().manual_seed(2))
-    model = create_model("CSCF", [3, 3], class_emb, seen, router="gate", fusion="gate").eval()
+    model = create_model("CSCF", [3, 3], class_emb, seen, router="gate", fusion="gate", gate_mix="prior").eval()
     both = torch.ones(len(x), 2, dtype=torch.bool)
     with pytest.raises(ValueError, match="fitted router"):
         model([x, x], both)
@@ -440,3 +444,63 @@ def test_config_rejects_gate_fusion_without_gate_router() -> None:
     with pytest.raises(ValueError, match='need router="gate"'):
         load_config("B+O+D+C").replace(fusion="gate")
     assert load_config("B+O+D+C").replace(router="gate", fusion="gate", unimodal="gate").router == "gate"
+
+
+def test_expert_product_hand_computed() -> None:
+    # Two modalities over three classes: A saw {0, 1}, B saw {1, 2}; one sample shows both.
+    # Gates fitted at base rate 1/2 (logit 0) are moved to the share of classes each saw,
+    # 2/3 (logit ln 2): A's gate logit 0 -> g_A = sigmoid(ln 2) = 2/3, B's -ln 2 -> g_B = 1/2.
+    seen = torch.tensor([[True, True, False], [False, True, True]])
+    logits = torch.tensor([[[2.0, 0.0, 5.0]], [[1.0, 3.0, 0.0]]])  # (M, B, N)
+    gate_logit = torch.tensor([[0.0], [-math.log(2)]])
+    half, ones, both = torch.full((2,), 0.5), torch.ones(2), torch.ones(2, 1, dtype=torch.bool)
+    got = expert_product(logits, both, seen, gate_logit, half, ones, torch.tensor([False, False]), ones)
+    ls = lambda a, b: a - math.log(math.exp(a) + math.exp(b))  # noqa: E731  log softmax of a over (a, b)
+    # A: classes 0, 1 by g_A * softmax over {0, 1}; class 2 by (1 - g_A) spread over its one unseen class.
+    # B: class 0 by (1 - g_B) over its one unseen class; classes 1, 2 by g_B * softmax over {1, 2}.
+    a = [math.log(2 / 3) + ls(2, 0), math.log(2 / 3) + ls(0, 2), math.log(1 / 3)]
+    b = [math.log(1 / 2), math.log(1 / 2) + ls(3, 0), math.log(1 / 2) + ls(0, 3)]
+    assert torch.allclose(got[0], torch.tensor([a[c] + b[c] for c in range(3)]), atol=1e-5)
+    # A aligned: its unseen class gets (1 - g_A) * softmax over {2} = 1/3 still (one class);
+    # weights: w_A = 0 leaves B's distribution; temperature T_B = 2 halves B's logits.
+    got = expert_product(logits, both, seen, gate_logit, half, torch.tensor([0.0, 1.0]), torch.tensor([True, False]),
+                         torch.tensor([1.0, 2.0]))
+    b2 = [math.log(1 / 2), math.log(1 / 2) + ls(1.5, 0), math.log(1 / 2) + ls(0, 1.5)]
+    assert torch.allclose(got[0], torch.tensor(b2), atol=1e-5)
+    # absent modality: A alone
+    got = expert_product(logits, torch.tensor([[True], [False]]), seen, gate_logit, half, ones,
+                         torch.tensor([False, False]), ones)
+    assert torch.allclose(got[0], torch.tensor(a), atol=1e-5)
+
+
+def test_expert_product_needs_both_modalities_to_name_a_class_both_saw() -> None:
+    # A saw {0, 1}, B saw {1, 2}; both gates say "seen" (0.9 at base rate 1/2, 2/3 of the
+    # classes each: moved to logit ln 9 - 0 + ln 2, g = 18/19). The posterior over patterns
+    # would favour {A, B}, the pattern of class 1, whatever the classifiers say. In the product
+    # class 1 gets g_A softmax_A(1) g_B softmax_B(1): when A names 0 and B names 2 (logit
+    # gaps of 9 each) that is e^-18 below the classes each one names, so class 1 loses.
+    seen = torch.tensor([[True, True, False], [False, True, True]])
+    claim, half, ones = torch.full((2, 1), math.log(9.0)), torch.full((2,), 0.5), torch.ones(2)
+    both, plain = torch.ones(2, 1, dtype=torch.bool), torch.zeros(2, dtype=torch.bool)
+    disagree = torch.tensor([[[9.0, 0.0, 0.0]], [[0.0, 0.0, 9.0]]])
+    got = expert_product(disagree, both, seen, claim, half, ones, plain, ones)[0]
+    g = 18 / 19
+    assert float(got[0] - got[1]) == pytest.approx(math.log(1 - g) - math.log(g) + 18, abs=1e-3)
+    assert int(got.argmax()) != 1
+    agree = torch.tensor([[[0.0, 9.0, 0.0]], [[0.0, 9.0, 0.0]]])
+    assert int(expert_product(agree, both, seen, claim, half, ones, plain, ones)[0].argmax()) == 1
+
+
+def test_fit_temperature_hand_computed() -> None:
+    # Logits (2, 0) on four samples, three of class 0: the log loss is least where
+    # softmax(2 / T)_0 = sigmoid(2 / T) = 3/4, T = 2 / ln 3.
+    logits = torch.tensor([[2.0, 0.0, 7.0]] * 4)
+    labels = torch.tensor([0, 0, 0, 1])
+    t = fit_temperature(logits, labels, torch.tensor([True, True, False]))  # class 2 left out
+    assert t == pytest.approx(2 / math.log(3), rel=1e-4)
+
+
+def test_router_saved_before_temperatures_loads_with_t_1() -> None:
+    state = router_state()
+    del state["router.temperature"]
+    assert torch.equal(router_from_state(state, "router.").temperature, torch.ones(2))

@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..calibration import SeenUnseenCurve, pseudo_unseen_split
+from ..calibration import SeenUnseenCurve, margin_rule, pseudo_unseen_split
 from ..data import TrainData
 from ..trainer import TrainConfig, epoch_batches, resolve_device
 
@@ -146,11 +146,13 @@ def fit_margins(
     holdout: float,
     criterion: str,
     max_seen_drop: float | None,
+    aligned: torch.Tensor,
 ) -> list[float]:
     """Calibrated stacking's margin per modality, chosen on training data only, exactly as
     for CSCF (calibration.fit_margins): a copy of the method, make(pseudo_seen), is trained
     without a held-out share of each modality's seen classes, and each modality's margin
-    is the best one on its held-out samples by `criterion`. The copy is then discarded."""
+    is the best one on its held-out samples by calibration.margin_rule (`aligned` (M,):
+    the modalities text-aligned with the class semantics). The copy is then discarded."""
     fit, pseudo_seen, val = pseudo_unseen_split(data, seen, holdout, 0.2, cfg.seed)
     model = make(pseudo_seen)
     if not model.calibratable:
@@ -161,7 +163,7 @@ def fit_margins(
         for m, (x, y) in enumerate(zip(val.features, val.labels)):
             logits = model.modality_logits(m, model.standardise(m, x))
             curve = SeenUnseenCurve.from_logits(logits, y, pseudo_seen[m])
-            margins.append(curve.best_margin(criterion, max_seen_drop))
+            margins.append(curve.best_margin(*margin_rule(criterion, max_seen_drop, bool(aligned[m]))))
     return margins
 
 

@@ -22,6 +22,7 @@ import pyarrow as pa
 import torch
 
 from cscf_model import TrainConfig, load_config
+from cscf_model.calibration import text_aligned
 from cscf_model.baselines import (
     CALIBRATABLE, NEEDS_EXTERNAL, ExternalSemantics, create_baseline, fit_margins, head_noun_taxonomy,
 )
@@ -109,7 +110,8 @@ def build_baseline(
     if method in CALIBRATABLE:
         c = load_config("CSCF")  # the margin is chosen exactly as CSCF's
         margins = fit_margins(make, data.train, data.seen, cfg, c.calibration_holdout,
-                              c.calibration_criterion, c.calibration_max_seen_drop)
+                              c.calibration_criterion, c.calibration_max_seen_drop,
+                              text_aligned(data.train, data.class_emb))
         model.margin.copy_(torch.tensor(margins))
         calibrated, cal_rows = _score(method + CALIBRATED, model, data)
         methods, rows = {**methods, **calibrated}, pa.concat_tables([rows, cal_rows])

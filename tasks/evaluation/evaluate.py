@@ -51,11 +51,14 @@ def _uncalibrated_scores(model: CSCF, encoded: Encoded, data: MMHCLData) -> dict
         model.margin.copy_(margin)
 
 
-def _cscf_diagnostics(model: CSCF, encoded: Encoded, data: MMHCLData, workspace: Path, key: str) -> dict[str, Any]:
+def _cscf_diagnostics(
+    model: CSCF, encoded: Encoded, data: MMHCLData, workspace: Path, key: str, margins_by_rule: dict[str, list[float]]
+) -> dict[str, Any]:
     """What the report shows next to CSCF's rows: the routing ceiling, each modality alone,
-    subset sizes, Table 1 without calibration, and the seen/unseen curves (also drawn)."""
+    subset sizes, Table 1 without calibration, and the seen/unseen curves (also drawn) with
+    the operating point of every calibration rule training chose a margin by."""
     curves = seen_unseen_curves(encoded, data)
-    seen_unseen = seen_unseen_diagnostics(model, data, curves)
+    seen_unseen = seen_unseen_diagnostics(model, data, curves, margins_by_rule)
     plot_seen_unseen(curves, seen_unseen, catalog.stage_output(workspace, "evaluate", key, ".seen_unseen.png"))
     return {
         "routing_ceiling": routing_ceiling(model, encoded, data),
@@ -103,7 +106,8 @@ def build_evaluation(
     paths["CSCF"] = cscf_checkpoint(workspace, trained["CSCF"], validation_key)
     states = {name: torch.load(path, weights_only=True) for name, path in paths.items()}
     models = {name: model_from_checkpoint(state).eval() for name, state in states.items()}
-    chosen = states.pop("CSCF").get("validation")
+    chosen = states["CSCF"].get("validation")
+    margins_by_rule = states.pop("CSCF").get("margins_by_rule", {})
     del states
     methods, predictions, diagnostics = {}, {}, {}
     for model_name, model in models.items():
@@ -124,7 +128,7 @@ def build_evaluation(
                 cscf_routing = routing
                 diagnostics["cscf_router"] = model.config.router  # who routes for CSCF: "gate" (learned) or "dmss"
         if model_name == "CSCF":
-            diagnostics.update(_cscf_diagnostics(model, encoded, data, workspace, key))
+            diagnostics.update(_cscf_diagnostics(model, encoded, data, workspace, key, margins_by_rule))
             diagnostics["routing_by_pattern"] = routing_by_pattern(
                 methods["CSCF"], cscf_routing, diagnostics["routing_ceiling"], diagnostics["subset_sizes"])
         del encoded  # 0.4 GB per model at 1x VGGSound: one at a time

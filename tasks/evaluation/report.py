@@ -184,6 +184,10 @@ def render_calibration(cscf: dict[str, float], diagnostics: dict[str, Any], colu
                                              ["margin 0", *(_fmt(diagnostics["CSCF_uncalibrated"].get(k)) for k in columns)]])
     su = markdown_table(["Modality", *(label for _, label in SEEN_UNSEEN)],
                         [[m, *(_fmt(d[k]) for k, _ in SEEN_UNSEEN)] for m, d in diagnostics["seen_unseen"].items()])
+    points = markdown_table(["Modality", "rule", "margin", "seen", "unseen"],
+                            [[m, rule, *(_fmt(p[k]) for k in ("margin", "seen_acc", "unseen_acc"))]
+                             for m, d in diagnostics["seen_unseen"].items()
+                             for rule, p in d.get("operating_points", {}).items()])
     return f"""
 ## Unseen classes: calibration
 
@@ -196,6 +200,12 @@ argmax of cos(features, class semantics), where the features share the text spac
 {t1}
 
 {su}
+
+The margin each calibration rule chose on training data (`cscf run --calibration`): the
+harmonic mean for text-aligned modalities, the mean within 3 points of seen accuracy for
+the others ("harmonic", the default), or that mean for every modality ("seen-budget").
+
+{points}
 
 ![seen/unseen accuracy per modality](seen_unseen.png)
 """

@@ -42,9 +42,13 @@ def _harmonic(seen: float, unseen: float) -> float:
     return float(harmonic_mean(torch.tensor(seen, dtype=torch.float64), torch.tensor(unseen, dtype=torch.float64)))
 
 
-def seen_unseen_diagnostics(model: CSCF, data: MMHCLData, curves: dict[str, SeenUnseenCurve]) -> dict[str, Any]:
+def seen_unseen_diagnostics(
+    model: CSCF, data: MMHCLData, curves: dict[str, SeenUnseenCurve], margins_by_rule: dict[str, list[float]]
+) -> dict[str, Any]:
     """`diagnostics` entries per modality: AUSUC, harmonic mean and accuracies with and
-    without the model's margin, and the cosine rule's unseen-class accuracy."""
+    without the model's margin, the cosine rule's unseen-class accuracy, and
+    `operating_points`: the margin, seen and unseen accuracy under every calibration rule
+    training chose a margin by (`margins_by_rule`, rule -> one margin per modality)."""
     out: dict[str, Any] = {}
     test = data.test
     for m, (modality, curve) in enumerate(curves.items()):
@@ -62,6 +66,8 @@ def seen_unseen_diagnostics(model: CSCF, data: MMHCLData, curves: dict[str, Seen
             "unseen_acc_uncalibrated": raw_unseen,
             "harmonic_mean_uncalibrated": _harmonic(raw_seen, raw_unseen),
             "cosine_rule_unseen_acc": cosine_rule_accuracy(test.features[m][rows], test.labels[rows], data.class_emb),
+            "operating_points": {rule: dict(zip(("margin", "seen_acc", "unseen_acc"), (at[m], *curve.at(at[m]))))
+                                 for rule, at in margins_by_rule.items()},
         }
     return out
 
@@ -74,8 +80,11 @@ def plot_seen_unseen(curves: dict[str, SeenUnseenCurve], diagnostics: dict[str, 
         ax.plot(curve.unseen_acc.numpy(), curve.seen_acc.numpy(), label=f"AUSUC {d['ausuc']:.1f}")
         ax.scatter([d["unseen_acc_uncalibrated"]], [d["seen_acc_uncalibrated"]], marker="x", color="k",
                    label="margin 0 (uncalibrated)", zorder=3)
+        for i, (rule, point) in enumerate(d["operating_points"].items()):
+            ax.scatter([point["unseen_acc"]], [point["seen_acc"]], marker="s^v"[i % 3], facecolors="none",
+                       edgecolors=f"C{i + 1}", s=60, label=f"{rule} margin {point['margin']:.2f}", zorder=3)
         ax.scatter([d["unseen_acc"]], [d["seen_acc"]], marker="o", color="C3",
-                   label=f"chosen margin {d['margin']:.2f}", zorder=3)
+                   label=f"chosen margin {d['margin']:.2f}", zorder=4)
         ax.set_title(f"{modality}")
         ax.set_xlabel("unseen-class accuracy (%)")
         ax.set_ylabel("seen-class accuracy (%)")

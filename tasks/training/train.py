@@ -31,6 +31,8 @@ from tasks.training.mmhcl_data import load_mmhcl
 from tasks.store.progress import epoch_progress
 
 log = logging.getLogger("cscf.train")
+# The calibration rules a run can choose (`cscf run --calibration`) and their criterion.
+MARGIN_RULES = {"harmonic": "harmonic", "seen-budget": "mean"}
 
 
 def _partial_dir(workspace: Path, key: str) -> Path:
@@ -116,13 +118,16 @@ def build_training(
     modalities, class_names = data.modalities, data.class_names
     del data  # the pseudo-unseen split holds what the margins and the router read: free the rest
     if c.calibration == "stacking":
-        margins = choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, c.calibration_criterion,
-                                 c.calibration_max_seen_drop)
+        by_rule = {rule: choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, criterion,
+                                        c.calibration_max_seen_drop, model.aligned)
+                   for rule, criterion in MARGIN_RULES.items()}
+        margins = by_rule[next(r for r, criterion in MARGIN_RULES.items() if criterion == c.calibration_criterion)]
         final["model"]["margin"] = torch.tensor(margins)
+        final["margins_by_rule"] = by_rule  # both operating points, for the report's seen/unseen curve
         log.info("%s: calibrated stacking margins %s (chosen on training data)", method, margins)
     if c.router == "gate":  # issue 12: gates from the pseudo-unseen classes of the training data
         router = fit_router_from_model(pseudo.model, pseudo.fit, pseudo.val, pseudo.pseudo_seen,
-                                       c.calibration_holdout, cfg.seed)
+                                       c.calibration_holdout, cfg.seed, bank_size=c.router_bank_size)
         final["model"].update({f"router.{k}": v for k, v in router.state_dict().items()})
         log.info("%s: learned router fitted on training data (gates read logits: %s)", method,
                  [gate.reads_logits for gate in router.gates])
