@@ -72,6 +72,9 @@ def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
     p.add_argument("--offline-template", help="the offline description writer's phrasings: a file, one per line, with {class_name}")
     p.add_argument("--epochs", type=int, help="training epochs (default 50)")
     p.add_argument("--top-k", type=int, help="CSMF top-k (default 3)")
+    p.add_argument("--gate-mix", choices=("product", "prior"),
+                   help="how the learned router fuses modalities: product of their distributions (default), or the "
+                        "pattern posterior on their mean logits (better on two modalities with disjoint class lists)")
     p.add_argument("--calibration", choices=("harmonic", "seen-budget"),
                    help="calibration margins by the harmonic mean of seen and unseen accuracy (default), or by "
                         "their mean at most 3 points of seen accuracy below no margin")
@@ -132,6 +135,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams, imported la
         "epochs": args.epochs,
         "top_k": args.top_k,
         "calibration": args.calibration,
+        "gate_mix": args.gate_mix,
         "device": args.device,
         "refresh": args.refresh,
         "llm": LLMParams(**llm),

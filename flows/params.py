@@ -66,6 +66,10 @@ class PipelineParams(BaseModel):
     encoder: str = Field("minilm", description="text encoder for class semantics")
     llm: LLMParams = LLMParams()
     top_k: int = Field(3, ge=1, description="classes kept per row of CSMF's pruned similarity matrix")
+    gate_mix: Literal["product", "prior"] = Field(
+        "product", description="how CSCF's learned router fuses a sample's modalities: the product of each one's own "
+        "distribution over the classes (the default), or the pattern posterior added to their mean logits (the "
+        "default before issue 21, ahead on two modalities with disjoint class lists)")
     calibration: Literal["harmonic", "seen-budget"] = Field(
         "harmonic", description="how each modality's calibration margin is chosen on training data: the harmonic mean "
         "of seen and unseen accuracy, or their mean at a cost of at most 3 points of seen accuracy")
@@ -117,7 +121,8 @@ class PipelineParams(BaseModel):
         """The model settings the parameters change for CSCF and CSCF (paper); only those set
         away from the model's defaults, so the training keys of a default run stay as they were."""
         rule = {} if self.calibration == "harmonic" else {"calibration_criterion": MARGIN_RULES[self.calibration]}
-        return {"top_k": self.top_k, **rule}
+        mix = {} if self.gate_mix == "product" else {"gate_mix": self.gate_mix}
+        return {"top_k": self.top_k, **rule, **mix}
 
     def classes_path(self) -> str:
         sources = [name for name in ("features", "manifest", "published") if getattr(self, name)]
