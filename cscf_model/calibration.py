@@ -166,6 +166,11 @@ def pseudo_unseen_split(
     return TrainData(fit_x, fit_y), pseudo, TrainData(val_x, val_y)
 
 
+# The calibration rules a run can choose (`cscf run --calibration`) and the criterion each
+# sets; margin_rule says how a criterion applies to each modality.
+MARGIN_RULES = {"harmonic": "harmonic", "seen-budget": "mean"}
+
+
 def margin_rule(criterion: str, max_seen_drop: float | None, aligned: bool) -> tuple[str, float | None]:
     """The criterion and seen-accuracy limit one modality's margin is chosen by.
 

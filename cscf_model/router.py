@@ -511,8 +511,7 @@ def fit_router(
 
 def fit_router_with_logits(
     fit: TrainData, val: TrainData, pseudo_seen: torch.Tensor, val_logits: list[torch.Tensor], holdout: float,
-    seed: int, repeats: int = 3, k: int = 5, shrinkage: float = 0.5, min_held_out: int = MIN_HELD_OUT_FOR_LOGITS,
-    bank_size: int = BANK_SIZE,
+    seed: int, repeats: int = 3, k: int = 5, shrinkage: float = 0.5, bank_size: int = BANK_SIZE,
 ) -> GateRouter:
     """Gates fitted on the pseudo-unseen split that calibration.pseudo_unseen_split made,
     with val_logits (n_val_m, N) per modality from the model trained on `fit` (the one
@@ -532,7 +531,7 @@ def fit_router_with_logits(
         y = torch.cat([fit.labels[m], val.labels[m]])
         is_val = torch.arange(len(y)) >= len(fit.labels[m])
         n_held = int((~pseudo_seen[m][y.unique()]).sum())
-        if n_held >= min_held_out and _logits_help(
+        if n_held >= MIN_HELD_OUT_FOR_LOGITS and _logits_help(
             x, y, is_val, pseudo_seen[m], val_logits[m], k, shrinkage, bank_size
         ):
             gates.append(fit_gate(x, y, [(is_val, pseudo_seen[m], val_logits[m])], k, shrinkage, bank_size))
@@ -547,13 +546,14 @@ def fit_router_with_logits(
 @torch.no_grad()
 def fit_router_from_model(
     model: nn.Module, fit: TrainData, val: TrainData, pseudo_seen: torch.Tensor, holdout: float, seed: int,
-    **options: int,
+    bank_size: int = BANK_SIZE,
 ) -> GateRouter:
     """fit_router_with_logits with the validation logits of `model` (a CSCF trained on
     `fit` over the pseudo-seen classes: the model calibrated stacking trains), raw mean
-    over its K modules as the final model's router reads them."""
+    over its K modules as the final model's router reads them, and each modality's
+    temperature (fit_temperature) on those logits of its pseudo-seen samples."""
     val_logits = [model.modality_logits(m, x).mean(0) for m, x in enumerate(val.features)]
-    router = fit_router_with_logits(fit, val, pseudo_seen, val_logits, holdout, seed, **options)
+    router = fit_router_with_logits(fit, val, pseudo_seen, val_logits, holdout, seed, bank_size=bank_size)
     router.temperature = torch.tensor([fit_temperature(lo[pseudo_seen[m][y]], y[pseudo_seen[m][y]], pseudo_seen[m])
                                        for m, (lo, y) in enumerate(zip(val_logits, val.labels))])
     return router

@@ -7,10 +7,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, Field, field_validator, model_validator
 
+from cscf_model.calibration import MARGIN_RULES
+
 from tasks.store.catalog import DEFAULT_WORKSPACE
 from tasks.ingest.default_dataset import default_classes_path
 from tasks.semantics.descriptions import DEFAULT_OFFLINE_TEMPLATE, DEFAULT_TEMPLATE
-from tasks.training.train import MARGIN_RULES
 
 STAGE_NAMES = ("extract", "features", "descriptions", "class_embeddings", "split", "train", "validate", "evaluate")
 

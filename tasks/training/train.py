@@ -23,7 +23,7 @@ from typing import Any
 import torch
 
 from cscf_model import TrainConfig, create_model, train
-from cscf_model.calibration import choose_margins, text_aligned, train_pseudo_unseen
+from cscf_model.calibration import MARGIN_RULES, choose_margins, text_aligned, train_pseudo_unseen
 from cscf_model.router import fit_router_from_model
 
 from tasks.store import catalog
@@ -31,8 +31,6 @@ from tasks.training.mmhcl_data import load_mmhcl
 from tasks.store.progress import epoch_progress
 
 log = logging.getLogger("cscf.train")
-# The calibration rules a run can choose (`cscf run --calibration`) and their criterion.
-MARGIN_RULES = {"harmonic": "harmonic", "seen-budget": "mean"}
 
 
 def _partial_dir(workspace: Path, key: str) -> Path:
@@ -118,12 +116,13 @@ def build_training(
     modalities, class_names = data.modalities, data.class_names
     del data  # the pseudo-unseen split holds what the margins and the router read: free the rest
     if c.calibration == "stacking":
-        by_rule = {rule: choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, criterion,
-                                        c.calibration_max_seen_drop, model.aligned)
-                   for rule, criterion in MARGIN_RULES.items()}
-        margins = by_rule[next(r for r, criterion in MARGIN_RULES.items() if criterion == c.calibration_criterion)]
+        by_criterion = {criterion: choose_margins(pseudo.model, pseudo.val, pseudo.pseudo_seen, criterion,
+                                                  c.calibration_max_seen_drop, model.aligned)
+                        for criterion in MARGIN_RULES.values()}
+        margins = by_criterion[c.calibration_criterion]
         final["model"]["margin"] = torch.tensor(margins)
-        final["margins_by_rule"] = by_rule  # both operating points, for the report's seen/unseen curve
+        # every rule's operating point, for the report's seen/unseen curve
+        final["margins_by_rule"] = {rule: by_criterion[criterion] for rule, criterion in MARGIN_RULES.items()}
         log.info("%s: calibrated stacking margins %s (chosen on training data)", method, margins)
     if c.router == "gate":  # issue 12: gates from the pseudo-unseen classes of the training data
         router = fit_router_from_model(pseudo.model, pseudo.fit, pseudo.val, pseudo.pseudo_seen,
