@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .data import TrainData
+from .data import TrainData, float_blocks
 from .trainer import TrainConfig, stage_seed, train
 
 # A modality is "text-aligned" when the cosine rule on its training data is this many
@@ -195,7 +195,7 @@ def choose_margins(
     on validation data of a model trained on the pseudo-seen classes."""
     margins = []
     for m, (x, y) in enumerate(zip(val.features, val.labels)):
-        logits = model.modality_logits(m, x).mean(0)  # raw, uncalibrated (K mean as in eq. 6)
+        logits = model.mean_logits(m, x)  # raw, uncalibrated (K mean as in eq. 6)
         curve = SeenUnseenCurve.from_logits(logits, y, pseudo_seen[m])
         margins.append(curve.best_margin(*margin_rule(criterion, max_seen_drop, bool(aligned[m]))))
     return margins
@@ -257,7 +257,8 @@ def cosine_rule_accuracy(features: torch.Tensor, labels: torch.Tensor, class_emb
     """Top-1 accuracy (percent) of the training-free rule argmax_i cos(x, c_i) over all classes."""
     if features.shape[1] != class_emb.shape[1] or len(labels) == 0:
         return 0.0
-    pred = (F.normalize(features, dim=-1) @ F.normalize(class_emb, dim=-1).T).argmax(-1)
+    c = F.normalize(class_emb.float(), dim=-1)
+    pred = torch.cat([(F.normalize(x, dim=-1) @ c.T).argmax(-1) for x in float_blocks(features)])
     return 100.0 * float((pred == labels).float().mean())
 
 

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from .config import ModelConfig
+from .data import float_blocks, standard_scale
 from .mappers import MapperBank, build_mapper
 from .router import GateRouter, expert_product, present_mean, routed_probs, router_from_state, seen_patterns
 
@@ -267,11 +268,13 @@ class CSCF(nn.Module):
 
     @torch.no_grad()
     def fit_input_stats(self, features: list[torch.Tensor]) -> None:
-        """Standardise each modality with the mean/std of its training features."""
+        """Standardise each modality with the mean and data.standard_scale of its training
+        features (any float dtype)."""
         for m, x in enumerate(features):
             if len(x) > 1:
-                getattr(self, f"in_mean_{m}").copy_(x.mean(0))
-                getattr(self, f"in_std_{m}").copy_(x.std(0).clamp_min(1e-6))
+                mean, scale = standard_scale(x)
+                getattr(self, f"in_mean_{m}").copy_(mean)
+                getattr(self, f"in_std_{m}").copy_(scale)
 
     @property
     def scale(self) -> torch.Tensor:
@@ -291,6 +294,13 @@ class CSCF(nn.Module):
             if self.aligned[m]:
                 s_hat = x + self.gates[m][:, None, None] * s_hat
             return osrs_logits(s_hat, self.class_emb, self.scale)
+
+    @torch.no_grad()
+    def mean_logits(self, m: int, x: torch.Tensor) -> torch.Tensor:
+        """(n, d_m) -> (n, N): modality_logits averaged over the K modules (raw, as eq. 6),
+        in fp32 a float_blocks block at a time, so that x may be bf16 storage of any length."""
+        blocks = [self.modality_logits(m, part).mean(0) for part in float_blocks(x)]
+        return torch.cat(blocks) if blocks else self.class_emb.new_zeros(0, len(self.class_emb))
 
     def _present_logits(self, m: int, x: torch.Tensor, shown: torch.Tensor) -> torch.Tensor:
         """(K, B, N): modality_logits on the rows that show modality m (shown (B,)), 0 on the others."""

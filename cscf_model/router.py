@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import TrainData
+from .data import ROWS, TrainData, float_blocks, standard_scale
 
 _EPS = 1e-6
 # Fewest pseudo-unseen classes a gate on logit features is fitted from (fit_router_with_logits).
@@ -65,27 +65,20 @@ MIN_HELD_OUT_FOR_LOGITS = 3
 # default of ModelConfig.router_bank_size, which a model records.
 BANK_SIZE = 4096
 CHUNK = 16_384  # rows per step where a statistic runs over all training samples
-# Least variance an input dimension is standardised with, as a share of the mean variance
-# over dimensions (standardised_scale). A dimension constant in training would otherwise be
-# divided by ~0, and a test value a hair off that constant would read as millions of
-# standard deviations in both distances. 1e-4 (a standard deviation 1% of the typical one)
-# binds only on (near-)constant dimensions: real feature dimensions sit far above it (the
-# embedded default's lowest variance is 0.83 of the mean), so their scales, and the
-# model's numbers on ordinary data, are exactly what they were without the floor.
-VARIANCE_FLOOR = 1e-4
 
 
 # ----------------------------------------------------------------------------- distances
 
 
-def standardised_scale(x: torch.Tensor) -> torch.Tensor:
-    """(n, d) -> (d,): the per-dimension standard deviation a gate standardises x by, at
-    least sqrt(VARIANCE_FLOOR * mean variance), so that a dimension constant in training
-    cannot dominate the distances (the absolute _EPS is left only for data with no
-    variance at all). Where the floor does not bind this is exactly x.std(0)."""
-    std = x.std(0)
-    floor = (VARIANCE_FLOOR * std.square().mean()).sqrt()
-    return torch.maximum(std, floor).clamp_min(_EPS)
+def standardised(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, d) of any float dtype -> (mean (d,), scale (d,), z (n, d) fp32): x standardised
+    by data.standard_scale as a gate reads it, filled a block at a time so that bf16
+    training vectors never have a whole fp32 copy besides z."""
+    mean, scale = standard_scale(x)
+    z = torch.empty(x.shape, dtype=torch.float32)
+    for rows, part in zip(torch.arange(len(x)).split(ROWS), float_blocks(x)):
+        z[rows] = (part - mean) / scale
+    return mean, scale, z
 
 
 def shrunk_precision(
@@ -302,7 +295,7 @@ def fit_gate(
     shrinkage: float = 0.5,
     bank_size: int = BANK_SIZE,
 ) -> ModalityGate:
-    """Fit modality m's gate on its training samples x (n, d), labels (n,) of its seen classes.
+    """Fit modality m's gate on its training samples x (n, d) (fp32 or bf16), labels (n,) of its seen classes.
 
     held_out: (val mask (n,), pseudo-seen mask (N,), val logits (n_val, N) or None) per
     split: samples under `val` were held out of the split's statistics; those whose class
@@ -310,8 +303,7 @@ def fit_gate(
     given, come from a model trained without the val samples. The gate kept uses every
     sample's statistics.
     """
-    in_mean, in_std = x.mean(0), standardised_scale(x)
-    z = (x - in_mean) / in_std
+    in_mean, in_std, z = standardised(x)
     feats = [held_out_features(z, labels, val, pseudo, logits, k, shrinkage, bank_size)
              for val, pseudo, logits in held_out]
     targets = [pseudo[labels[val]].float() for val, pseudo, _ in held_out]
@@ -337,7 +329,10 @@ def held_out_features(
     """Gate features (n_val, F) of the samples under `val`, against the other samples' statistics."""
     rest = torch.nonzero(~val).squeeze(1)
     means, precision = class_statistics(z, labels, rest, shrinkage)
-    f = distance_features(z[val], means, precision, class_balanced_bank(z, labels, rest, bank_size), k)
+    bank = class_balanced_bank(z, labels, rest, bank_size)
+    # CHUNK rows at a time: the held-out rows' copies and (B, d) temporaries, whole, would not fit at 13x VGGSound
+    f = torch.cat([distance_features(z[part], means, precision, bank, k)
+                   for part in torch.nonzero(val).squeeze(1).split(CHUNK)] or [z.new_zeros(0, 2)])
     return f if logits is None else torch.cat([f, logit_features(logits, pseudo)], 1)
 
 
@@ -552,7 +547,7 @@ def fit_router_from_model(
     `fit` over the pseudo-seen classes: the model calibrated stacking trains), raw mean
     over its K modules as the final model's router reads them, and each modality's
     temperature (fit_temperature) on those logits of its pseudo-seen samples."""
-    val_logits = [model.modality_logits(m, x).mean(0) for m, x in enumerate(val.features)]
+    val_logits = [model.mean_logits(m, x) for m, x in enumerate(val.features)]
     router = fit_router_with_logits(fit, val, pseudo_seen, val_logits, holdout, seed, bank_size=bank_size)
     router.temperature = torch.tensor([fit_temperature(lo[pseudo_seen[m][y]], y[pseudo_seen[m][y]], pseudo_seen[m])
                                        for m, (lo, y) in enumerate(zip(val_logits, val.labels))])
@@ -564,7 +559,7 @@ def _logits_help(
     shrinkage: float, bank_size: int,
 ) -> bool:
     """Two-fold held-out AUC of the gate with and without logit features: True if higher with."""
-    z = (x - x.mean(0)) / standardised_scale(x)
+    _, _, z = standardised(x)
     target = pseudo[y[is_val]]
     fold = torch.arange(len(target)) % 2 == 0
     if any(t.all() or not t.any() for t in (target[fold], target[~fold])):

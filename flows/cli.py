@@ -79,6 +79,9 @@ def _pipeline_args(p: argparse.ArgumentParser, out: str) -> None:
                    help="calibration margins by the harmonic mean of seen and unseen accuracy (default), or by "
                         "their mean at most 3 points of seen accuracy below no margin")
     p.add_argument("--device", help="auto, cpu or cuda")
+    p.add_argument("--precision", choices=("auto", "fp32", "bf16"),
+                   help="training arithmetic and storage: auto (bf16 where the device runs it natively, the default), "
+                        "fp32 or bf16")
     p.add_argument("--refresh", action="append", default=[], metavar="STAGE", help="recompute this stage even if cached (repeatable)")
     p.add_argument("--task-runner", choices=("threads", "dask"), help="what runs the extraction shards (default: threads)")
     p.add_argument("--dask-address", help="scheduler of an existing Dask cluster (default: a local one on 127.0.0.1)")
@@ -137,6 +140,7 @@ def pipeline_params(args: argparse.Namespace):  # -> PipelineParams, imported la
         "calibration": args.calibration,
         "gate_mix": args.gate_mix,
         "device": args.device,
+        "precision": args.precision,
         "refresh": args.refresh,
         "llm": LLMParams(**llm),
         "task_runner": args.task_runner,

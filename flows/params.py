@@ -81,6 +81,9 @@ class PipelineParams(BaseModel):
     batch_size: int = Field(256, ge=1)
     lr: float = Field(5e-4, gt=0)
     device: str = Field("auto", description="auto: CUDA when present, else CPU")
+    precision: Literal["auto", "fp32", "bf16"] = Field(
+        "auto", description="training arithmetic, and how the training vectors are held: auto (bf16 where the device "
+        "runs bf16 natively, else fp32), fp32 or bf16")
     refresh: list[str] = Field(default_factory=list, description=f"stages to recompute even if cached: {', '.join(STAGE_NAMES)}")
     task_runner: Literal["threads", "dask"] = Field(
         "threads", description="what runs the extraction shards: threads in this process, or a Dask cluster (prefect-dask)")

@@ -109,7 +109,8 @@ class Wiring:
     def train_config(self) -> dict[str, Any]:
         """Optimisation settings shared by CSCF, its ablation B and the baselines."""
         p = self.params
-        return asdict(TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device))
+        return asdict(TrainConfig(epochs=p.epochs, batch_size=p.batch_size, lr=p.lr, seed=p.seed, device=p.device,
+                                  precision=p.precision))
 
     @cached_property
     def train(self) -> dict[str, str]:

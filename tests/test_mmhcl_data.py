@@ -67,3 +67,14 @@ def test_a_stage_loads_only_the_split_it_reads(tmp_path: Path) -> None:
     assert len(train.test.labels) == 0 and [x.shape for x in train.test.features] == [(0, 3), (0, 2)]
     assert all(torch.equal(x, y) for x, y in zip(test.test.features, both.test.features))
     assert [x.shape for x in test.train.features] == [(0, 3), (0, 2)] and test.input_dims == [3, 2]
+
+
+def test_training_vectors_can_be_held_in_bf16(tmp_path: Path) -> None:
+    """A bf16 training keeps its vectors in bf16 (half the memory at AudioSet's size); the
+    test set, which evaluation scores, stays fp32."""
+    ws = _workspace(tmp_path)
+    fp32 = load_mmhcl(ws, "f", "s", "e")
+    bf16 = load_mmhcl(ws, "f", "s", "e", train_dtype=torch.bfloat16)
+    assert [x.dtype for x in bf16.train.features] == [torch.bfloat16] * 2
+    assert all(torch.equal(x.float(), y) for x, y in zip(bf16.train.features, fp32.train.features))  # small ints: exact
+    assert [x.dtype for x in bf16.test.features] == [torch.float32] * 2

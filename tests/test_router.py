@@ -12,8 +12,8 @@ import torch
 
 from cscf_model import TrainData, create_model, model_from_checkpoint
 import cscf_model.router as router_module
+from cscf_model.data import VARIANCE_FLOOR
 from cscf_model.router import (
-    VARIANCE_FLOOR,
     GateRouter,
     ModalityGate,
     auc,

@@ -47,11 +47,13 @@ class MMHCLData:
 
 
 def load_mmhcl(
-    workspace: Path, features_key: str, split_key: str, embeddings_key: str, parts: Sequence[str] = ("train", "test")
+    workspace: Path, features_key: str, split_key: str, embeddings_key: str, parts: Sequence[str] = ("train", "test"),
+    train_dtype: torch.dtype = torch.float32,
 ) -> MMHCLData:
     """Join features, split and class embeddings into tensors: the train and/or test `parts`
     (the other is left empty: training never reads the test set, evaluation never the
-    training set).
+    training set). The training vectors are stored as `train_dtype`: bf16 halves what a
+    bf16 training holds (TrainData), and its math stays fp32.
 
     Columnar (pyarrow compute, NumPy) with no per-row Python, and the vectors streamed a
     row group at a time into the tensors: at VGGSound's size (400k feature rows, 1.2 GB of
@@ -87,7 +89,7 @@ def load_mmhcl(
     test_pos = _positions(meta["sample_id"], test_ids)
     test_dest = np.where((split == "test") & (test_pos >= 0), test_pos, -1)
     train_x, test_x, available = _stream_vectors(features, modality_of, len(modalities),
-                                                 (train_dest, train_sizes), (test_dest, len(test_ids)))
+                                                 (train_dest, train_sizes, train_dtype), (test_dest, len(test_ids)))
     train_y = [torch.from_numpy(class_of[(modality_of == m) & (train_dest >= 0)]) for m in range(len(modalities))]
 
     test_class = samples["class_name"].take(_positions(pa.array(test_ids, pa.string()), samples["sample_id"]))
@@ -98,14 +100,14 @@ def load_mmhcl(
 
 
 def _stream_vectors(
-    path: Path, modality_of: np.ndarray, n_modalities: int, train: tuple[np.ndarray, list[int]],
+    path: Path, modality_of: np.ndarray, n_modalities: int, train: tuple[np.ndarray, list[int], torch.dtype],
     test: tuple[np.ndarray, int],
 ) -> tuple[list[torch.Tensor], list[torch.Tensor], torch.Tensor]:
     """Training matrices (n_m, d_m) per modality, test matrices (n_test, d_m) (zeros where a
     sample lacks the modality) and the test set's availability (n_test, M), filled from the
     features file one row group at a time. train/test: each feature row's destination
-    row (-1: not used) and the number of rows."""
-    (train_dest, train_sizes), (test_dest, n_test) = train, test
+    row (-1: not used) and the number of rows; train also the dtype its matrices are kept in."""
+    (train_dest, train_sizes, train_dtype), (test_dest, n_test) = train, test
     train_x: list[torch.Tensor | None] = [None] * n_modalities
     test_x: list[torch.Tensor | None] = [None] * n_modalities
     available = torch.zeros(n_test, n_modalities, dtype=torch.bool)
@@ -120,21 +122,22 @@ def _stream_vectors(
             if m < 0:
                 continue
             mine = modality_of[rows] == m
-            for dest, out, size in ((train_dest[rows], train_x, train_sizes[m]), (test_dest[rows], test_x, n_test)):
+            for dest, out, size, dtype in ((train_dest[rows], train_x, train_sizes[m], train_dtype),
+                                           (test_dest[rows], test_x, n_test, torch.float32)):
                 want = mine & (dest >= 0)
                 if not want.any():
                     continue
                 x = _matrix(vectors.filter(pa.array(want)))
                 if out[m] is None:
-                    out[m] = torch.zeros(size, x.shape[1])
-                out[m][torch.from_numpy(dest[want])] = x
+                    out[m] = torch.zeros(size, x.shape[1], dtype=dtype)
+                out[m][torch.from_numpy(dest[want])] = x.to(dtype)
             available[torch.from_numpy(test_dest[rows][mine & (test_dest[rows] >= 0)]), int(m)] = True
         del vectors
         catalog.release_unused_memory()
     dims = [next((x.shape[1] for x in (a, b) if x is not None), None) for a, b in zip(train_x, test_x)]
     if None in dims:
         raise ValueError(f"{path}: modality {dims.index(None)} has no rows to learn its vector length from")
-    train_x = [torch.zeros(0, d) if x is None else x for x, d in zip(train_x, dims)]
+    train_x = [torch.zeros(0, d, dtype=train_dtype) if x is None else x for x, d in zip(train_x, dims)]
     test_x = [torch.zeros(n_test, d) if x is None else x for x, d in zip(test_x, dims)]
     return train_x, test_x, available
 

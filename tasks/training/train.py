@@ -25,6 +25,7 @@ import torch
 from cscf_model import TrainConfig, create_model, train
 from cscf_model.calibration import MARGIN_RULES, choose_margins, text_aligned, train_pseudo_unseen
 from cscf_model.router import fit_router_from_model
+from cscf_model.trainer import resolve_device, resolve_precision
 
 from tasks.store import catalog
 from tasks.training.mmhcl_data import load_mmhcl
@@ -90,8 +91,10 @@ def build_training(
     (calibration.py) and gives the router its examples of classes a modality never saw
     (router.py).
     """
-    data = load_mmhcl(workspace, features_key, split_key, embeddings_key, parts=("train",))
     cfg = TrainConfig(**train_config)
+    # a bf16 training keeps its vectors in bf16 too (half the memory; the math stays fp32)
+    storage = torch.bfloat16 if resolve_precision(cfg.precision, resolve_device(cfg.device)) == "bf16" else torch.float32
+    data = load_mmhcl(workspace, features_key, split_key, embeddings_key, parts=("train",), train_dtype=storage)
     torch.manual_seed(cfg.seed)  # the initial weights too are a function of the seed
     aligned = text_aligned(data.train, data.class_emb)
     dims, class_emb, sizes = data.input_dims, data.class_emb, [len(y) for y in data.train.labels]
