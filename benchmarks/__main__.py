@@ -63,7 +63,7 @@ MEANINGS: dict[str, tuple[str, str]] = {
     "cached_rerun_cpu_s": ("s", "CPU time of the cached rerun, server process included"),
     "rerun_floor_cpu_s": ("s", "CPU time of the floor, server process included"),
     "cached_rerun_cpu_ratio": ("x", "cached rerun / floor CPU time"),
-    "scale_fraction": ("", "largest fraction of VGGSound-GZSL's size measured (1 = 150k train clips)"),
+    "scale_fraction": ("", "reference size: the largest fraction of VGGSound-GZSL's size up to 1 (150k train clips)"),
     "scale_train_clips": ("clips", "training clips at that size (271 classes, 1024-d audio, 512-d video)"),
     "scale_test_clips": ("clips", "test clips at that size"),
     "scale_peak_mb": ("MiB", "largest peak resident memory of any stage (each runs in its own process)"),
@@ -104,13 +104,20 @@ def run_all(full: bool, parts: list[str]) -> dict[str, float]:
 
 
 def meaning(name: str) -> tuple[str, str]:
-    """Unit and meaning of a figure; the per-stage `scale_<stage>_s|_peak_mb[_at_1_N]` by pattern."""
+    """Unit and meaning of a figure; the scale figures at other sizes (`_at_1_N`, `_at_Nx`) and
+    the per-stage `scale_<stage>_s|_peak_mb` by pattern."""
     if name in MEANINGS:
         return MEANINGS[name]
-    found = re.fullmatch(r"scale_(.+?)_(s|peak_mb)(_at_1_(\d+))?", name)
+    sized = re.fullmatch(r"(scale_.+?)_at_(1_(\d+)|(\d+)x)", name)
+    size = "at the reference size (the largest up to 1x)"
+    if sized:
+        name, _, part, times = sized.groups()
+        size = f"at 1/{part} size" if part else f"at {times}x VGGSound's clips, AudioSet's 527 classes"
+        if name in MEANINGS:
+            return MEANINGS[name][0], f"{MEANINGS[name][1]}, {size}"
+    found = re.fullmatch(r"scale_(.+?)_(s|peak_mb)", name)
     if found:
-        stage, what, _, part = found.groups()
-        size = f"at 1/{part} size" if part else "at the largest size"
+        stage, what = found.groups()
         return ("s" if what == "s" else "MiB",
                 f"{'wall time' if what == 's' else 'peak resident memory'} of stage {stage}, {size}")
     return ("", "")

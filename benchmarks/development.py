@@ -47,7 +47,9 @@ Candidate = Callable[[CSCF, dict[str, Any]], CSCF]
 
 def prepare(data_dir: Path, workspace: Path, seed: int) -> MMHCLData:
     """The pipeline's features, descriptions, class embeddings and split stages (plain
-    functions, fixed keys, skipped when their output exists) -> train and test tensors."""
+    functions, fixed keys, skipped when their output exists) -> train and test tensors.
+    The seen sets as `cscf run` finds them (`--seen auto`): halves where every modality has
+    training rows of every class (the default), the classes each has rows of otherwise."""
     default = str(data_dir) == "default"  # the embedded dataset, split into halves as `cscf run` does
     features = None if default else str(data_dir / "features.parquet")
     params = PipelineParams(features=features, classes=None if default else str(data_dir / "classes.csv"),
@@ -59,8 +61,7 @@ def prepare(data_dir: Path, workspace: Path, seed: int) -> MMHCLData:
              ("descriptions", "d", ".parquet", lambda: build_descriptions(
                  workspace, "d", classes, params.llm.model_dump(), settings.cache_fields())),
              ("class_embeddings", "e", ".parquet", lambda: build_class_embeddings(workspace, "e", "d", params.encoder)),
-             ("split", "s", ".classes.parquet", lambda: build_split(workspace, "s", "f", classes, modalities, seed,
-                                                                   seen="halves" if default else "data"))]
+             ("split", "s", ".classes.parquet", lambda: build_split(workspace, "s", "f", classes, modalities, seed))]
     for stage, key, suffix, build in steps:
         if not catalog.stage_output(workspace, stage, key, suffix).exists():
             build()

@@ -1,14 +1,16 @@
-"""Scale: the pipeline's stages on a VGGSound-size synthetic dataset, time and peak memory each.
+"""Scale: the pipeline's stages on a VGGSound-size (or AudioSet-size) synthetic dataset, time and peak memory each.
 
 The stages run as `cscf run` wires them (flows.pipeline.Wiring, same parameters, same
 cache keys), but each in a fresh subprocess of its own, so that its peak resident
 memory (VmHWM) is that stage's alone, imports included; Prefect is left
 out, it costs the same at every size (the rerun benchmark prices it). The growth table
 repeats this at several fractions of the full size (150k training and 50k test clips,
-271 classes, 1024-d audio, 512-d video), so that how each stage grows is visible.
-Training throughput at the same size is benchmarks.train's trainer/bare-loop ratio.
+271 classes, 1024-d audio, 512-d video), so that how each stage grows is visible; a
+multiple above 1 is AudioSet's size, 527 classes (13: about 2 million training clips).
+Training throughput at the largest size up to 1x is benchmarks.train's trainer/bare-loop ratio.
 
     python -m benchmarks.scale [--fractions 1/16,1/4] [--epochs 2] [--full]
+    python -m benchmarks.scale --fractions 1/16,1/4,1,13 --epochs 1   # the growth table to AudioSet size
 """
 
 from __future__ import annotations
@@ -23,14 +25,14 @@ import time
 from dataclasses import dataclass
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
 
 from benchmarks import REPO_ROOT
 
-from .scale_data import AUDIO_DIM, CLASSES, VIDEO_DIM, ScaleSize, write_scale_dataset
+from .scale_data import AUDIO_DIM, VIDEO_DIM, scale_size, write_scale_dataset
 
-DEFAULT_FRACTIONS = (1 / 64, 1 / 16)  # about two minutes on 2 cores; --full about ten
-FULL_FRACTIONS = (1 / 16, 1 / 4, 1.0)
+DEFAULT_FRACTIONS = (1 / 64, 1 / 16)  # about two minutes on 2 cores; --full about an hour
+FULL_FRACTIONS = (1 / 16, 1 / 4, 1.0, 13.0)  # 13: AudioSet size, 20 GB of input and as much in the workspace
 DEFAULT_EPOCHS = 2  # per training; the pipeline's default is 50, and time per epoch is what grows
 
 
@@ -98,13 +100,13 @@ def measure(fraction: float, epochs: int, until: str = "evaluate") -> dict[str, 
     up to stage `until` (`measure(1, 1, until="features")`: the features stage alone at 1x)."""
     with tempfile.TemporaryDirectory(prefix="cscf-scale-") as tmp:
         began = time.perf_counter()
-        features, classes = write_scale_dataset(Path(tmp) / "data", ScaleSize(fraction))
+        features, classes = write_scale_dataset(Path(tmp) / "data", scale_size(fraction))
         generated = StageCost(time.perf_counter() - began, float("nan"))
         return {"generate": generated, **measure_pipeline(features, classes, Path(tmp) / "workspace", epochs, until)}
 
 
 def _label(fraction: float) -> str:
-    return "1x" if fraction == 1 else f"1/{round(1 / fraction)}"
+    return f"{round(fraction)}x" if fraction >= 1 else f"1/{round(1 / fraction)}"
 
 
 def growth_table(results: dict[float, dict[str, StageCost]]) -> str:
@@ -117,21 +119,37 @@ def growth_table(results: dict[float, dict[str, StageCost]]) -> str:
         cells += ["" if results[f][stage].peak_mb != results[f][stage].peak_mb else f"{results[f][stage].peak_mb:.0f}"
                   for f in fractions]
         lines.append("| " + " | ".join([stage, *cells]) + " |")
-    sizes = ", ".join(f"{_label(f)} = {ScaleSize(f).train} train / {ScaleSize(f).test} test clips" for f in fractions)
-    return "\n".join(lines) + f"\n\n{CLASSES} classes, audio {AUDIO_DIM}-d, video {VIDEO_DIM}-d; {sizes}."
+    sizes = ", ".join(f"{_label(f)} = {scale_size(f).train} train / {scale_size(f).test} test clips, "
+                      f"{scale_size(f).classes} classes" for f in fractions)
+    return "\n".join(lines) + f"\n\nAudio {AUDIO_DIM}-d, video {VIDEO_DIM}-d; {sizes}."
 
 
 def _slug(stage: str) -> str:
     return stage.replace("[", "_").replace("]", "").replace(" (paper)", "_paper").replace(" ", "_").lower()
 
 
+def reference_fraction(fractions: Iterable[float]) -> float:
+    """The size whose figures carry no suffix: the largest up to VGGSound's (1x)."""
+    return max((f for f in fractions if f <= 1), default=min(fractions))
+
+
+def _tag(fraction: float, reference: float) -> str:
+    """Figure-name suffix: none at the reference size, `_at_1_16` below 1x, `_at_13x` above."""
+    if fraction == reference:
+        return ""
+    return f"_at_{round(fraction)}x" if fraction > 1 else f"_at_1_{round(1 / fraction)}"
+
+
 def figures(results: dict[float, dict[str, StageCost]], train_ratio: float) -> dict[str, float]:
-    """Flat `scale_*` figures: the largest fraction's stages, and each fraction's (growth)."""
-    largest = max(results)
-    out: dict[str, float] = {"scale_fraction": largest, "scale_train_clips": float(ScaleSize(largest).train),
-                             "scale_test_clips": float(ScaleSize(largest).test)}
+    """Flat `scale_*` figures: the reference size's stages (reference_fraction), and each other size's (growth)."""
+    reference = reference_fraction(results)
+    out: dict[str, float] = {"scale_fraction": reference, "scale_train_clips": float(scale_size(reference).train),
+                             "scale_test_clips": float(scale_size(reference).test)}
     for fraction, costs in sorted(results.items()):
-        tag = "" if fraction == largest else f"_at_1_{round(1 / fraction)}"
+        tag = _tag(fraction, reference)
+        if fraction > 1:
+            out[f"scale_train_clips{tag}"] = float(scale_size(fraction).train)
+            out[f"scale_test_clips{tag}"] = float(scale_size(fraction).test)
         for stage, cost in costs.items():
             out[f"scale_{_slug(stage)}_s{tag}"] = cost.seconds
             if cost.peak_mb == cost.peak_mb:
@@ -145,8 +163,8 @@ def scale_train_ratio(fraction: float) -> float:
     """benchmarks.train's trainer / bare loop throughput at this size (one epoch, best of 2)."""
     from . import train
 
-    size = train.Size(classes=CLASSES, dims=(AUDIO_DIM, VIDEO_DIM), samples=ScaleSize(fraction).train, epochs=1,
-                      repeats=2)
+    size = train.Size(classes=scale_size(fraction).classes, dims=(AUDIO_DIM, VIDEO_DIM),
+                      samples=scale_size(fraction).train, epochs=1, repeats=2)
     with train.one_thread():
         return train._measure(size)["train_ratio"]
 
@@ -156,13 +174,14 @@ def run(full: bool = False, fractions: tuple[float, ...] | None = None, epochs: 
     fractions = fractions or (FULL_FRACTIONS if full else DEFAULT_FRACTIONS)
     results = {f: measure(f, epochs) for f in fractions}
     print(growth_table(results), file=sys.stderr)
-    return figures(results, scale_train_ratio(max(fractions)))
+    return figures(results, scale_train_ratio(reference_fraction(fractions)))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--full", action="store_true", help=f"fractions {FULL_FRACTIONS}")
-    parser.add_argument("--fractions", help="comma-separated fractions of the full size, e.g. 1/16,1/4 (default 1/64,1/16)")
+    parser.add_argument("--fractions", help="comma-separated fractions of the full size, e.g. 1/16,1/4 (default "
+                        "1/64,1/16); above 1, AudioSet's 527 classes")
     parser.add_argument("--epochs", type=int, default=DEFAULT_EPOCHS, help="epochs per training (default 2)")
     parser.add_argument("--stage-child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()

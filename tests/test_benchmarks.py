@@ -243,6 +243,23 @@ def test_growth_table_and_scale_figures() -> None:
     assert figures["scale_peak_mb"] == 1500.0 and figures["scale_train_ratio"] == 0.9
 
 
+def test_audioset_size_has_its_classes_and_at_13x_figures() -> None:
+    """Above 1x the sizes are AudioSet's (527 classes, 13x: about 2 million training clips);
+    their figures are suffixed `_at_13x` and the unsuffixed ones stay those of 1x."""
+    audioset = scale_data.scale_size(13)
+    assert (audioset.classes, scale_data.scale_size(1).classes) == (527, 271)
+    assert 1.9e6 < audioset.train < 2.0e6 and audioset.train % 527 == 0
+    results = {1.0: {"evaluate": scale.StageCost(70.0, 3000.0)}, 13.0: {"evaluate": scale.StageCost(900.0, 9000.0)}}
+    figures = scale.figures(results, train_ratio=1.0)
+    assert figures["scale_evaluate_s"] == 70.0 and figures["scale_fraction"] == 1.0
+    assert figures["scale_evaluate_s_at_13x"] == 900.0 and figures["scale_peak_mb_at_13x"] == 9000.0
+    assert figures["scale_train_clips_at_13x"] == audioset.train
+    assert bench.meaning("scale_evaluate_peak_mb_at_13x") == (
+        "MiB", "peak resident memory of stage evaluate, at 13x VGGSound's clips, AudioSet's 527 classes")
+    assert bench.meaning("scale_peak_mb_at_13x")[1].endswith("at 13x VGGSound's clips, AudioSet's 527 classes")
+    assert "13x = " in scale.growth_table(results) and "527 classes" in scale.growth_table(results)
+
+
 class _Terminal(io.StringIO):
     def isatty(self) -> bool:
         return True
