@@ -232,8 +232,9 @@ def test_default_halves_reproduces_the_metrics_before_seen_modes(prefect_server,
     calibration. What moved on purpose: the calibration margins, whose pseudo-unseen
     training is now seeded from the run's seed instead of the global RNG state (so a
     resumed run gives the same margins), and with them the calibrated unimodal subsets.
-    Training takes the fp32 step of before issue 22 (benchmarks.train.reference_loss):
-    issue 22's bf16 and batched mappers change training's arithmetic, not what this pins.
+    Training takes the fp32 step of before issue 22 (benchmarks.train.reference_loss) and
+    holds its vectors in fp32 (--precision fp32): issue 22's bf16 arithmetic and storage and
+    batched mappers change training's arithmetic, not what this pins.
     """
     from benchmarks.train import reference_loss, reference_optimizer
     from cscf_model import trainer
@@ -242,7 +243,7 @@ def test_default_halves_reproduces_the_metrics_before_seen_modes(prefect_server,
     monkeypatch.setattr(trainer, "batch_loss", reference_loss)
     monkeypatch.setattr(trainer, "make_optimizer", reference_optimizer)
 
-    assert main(["run", "--seen", "halves", "--epochs", "5", "--seed", "0",
+    assert main(["run", "--seen", "halves", "--epochs", "5", "--seed", "0", "--precision", "fp32",
                  "--workspace", str(tmp_path / "ws"), "--out", str(tmp_path / "out")]) == 0
     now = json.loads((tmp_path / "out" / "metrics.json").read_text())
     before = json.loads(REFERENCE.read_text())
