@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -179,14 +179,31 @@ class Encoded:
         entropies; the per-module logits (K times the memory) only with `keep_k`."""
         return Encoded(self.raw, self.raw_k if keep_k else None, self.gate_logit, self.dmss_entropies())
 
+    def _fields(self) -> list[tuple[torch.Tensor | None, int]]:
+        """Every tensor with its sample axis: raw, raw_k, gate_logit, the two entropies."""
+        h = self.entropies or (None, None)
+        return [(self.raw, 1), (self.raw_k, 2), (self.gate_logit, 1), (h[0], 2), (h[1], 1)]
+
     @staticmethod
-    def concat(parts: list["Encoded"]) -> "Encoded":
-        """The encodings of consecutive batches of samples as one."""
-        cat = lambda ts, axis: None if ts[0] is None else torch.cat(ts, axis)  # noqa: E731
-        h = None if parts[0].entropies is None else (
-            cat([p.entropies[0] for p in parts], 2), cat([p.entropies[1] for p in parts], 1))
-        return Encoded(cat([p.raw for p in parts], 1), cat([p.raw_k for p in parts], 2),
-                       cat([p.gate_logit for p in parts], 1), h)
+    def concat(parts: Iterable["Encoded"], n: int) -> "Encoded":
+        """The encodings of consecutive batches of `n` samples in all, as one. Each batch is
+        copied, as it comes, into tensors allocated at the first: a list of the batches next
+        to their torch.cat held a test set's encoding twice (2.7 GB more at 13x VGGSound)."""
+        out: list[torch.Tensor | None] | None = None
+        start = 0
+        for part in parts:
+            fields = part._fields()
+            if out is None:
+                out = [None if t is None else t.new_empty(t.shape[:axis] + (n,) + t.shape[axis + 1:])
+                       for t, axis in fields]
+            for dest, (t, axis) in zip(out, fields):
+                if t is not None:
+                    dest.narrow(axis, start, t.shape[axis]).copy_(t)
+            start += part.raw.shape[1]
+        if out is None or start != n:
+            raise ValueError(f"Encoded.concat: batches of {start} samples, {n} expected")
+        raw, raw_k, gate_logit, h_k, h_mean = out
+        return Encoded(raw, raw_k, gate_logit, None if h_k is None else (h_k, h_mean))
 
     def rows(self, index: torch.Tensor) -> "Encoded":
         """The encoding of the samples at `index` (B',)."""

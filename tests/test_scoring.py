@@ -204,3 +204,22 @@ def test_run_summary_names_cscf_router_and_lists_patterns() -> None:
     report = render_report(metrics)
     assert "## Generalized zero-shot" in report and ["Method", "S", "U", "H"] in cells(report)
     assert ["CSCF", "50.00", "25.00", "33.33"] in cells(report)
+
+
+def test_encodings_of_batches_concatenate_into_one() -> None:
+    """Encoded.concat fills each batch into tensors allocated once, along each field's sample
+    axis: the same as torch.cat of the batches, without holding both."""
+    g = torch.Generator().manual_seed(0)
+    batches = [Encoded(torch.randn(2, b, 3, generator=g), torch.randn(2, 4, b, 3, generator=g),
+                       torch.randn(2, b, generator=g), (torch.rand(2, 4, b, generator=g), torch.rand(2, b, generator=g)))
+               for b in (5, 1, 3)]
+    got = Encoded.concat(iter(batches), 9)
+    assert torch.equal(got.raw, torch.cat([e.raw for e in batches], 1))
+    assert torch.equal(got.raw_k, torch.cat([e.raw_k for e in batches], 2))
+    assert torch.equal(got.gate_logit, torch.cat([e.gate_logit for e in batches], 1))
+    assert torch.equal(got.entropies[0], torch.cat([e.entropies[0] for e in batches], 2))
+    assert torch.equal(got.entropies[1], torch.cat([e.entropies[1] for e in batches], 1))
+    bare = Encoded.concat((Encoded(e.raw, None, None) for e in batches), 9)
+    assert bare.raw_k is None and bare.gate_logit is None and bare.entropies is None
+    with pytest.raises(ValueError, match="batches of 9 samples, 10 expected"):
+        Encoded.concat(iter(batches), 10)

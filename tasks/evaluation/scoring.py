@@ -50,8 +50,9 @@ def on_test(predict: Predict, data: MMHCLData) -> Scorer:
 def encode_test(model: CSCF, data: MMHCLData) -> Encoded:
     """CSCF.encode_for_scoring of every test sample (its modalities' mean logits, gate logits
     and DMSS entropies), CHUNK samples at a time."""
-    return Encoded.concat([model.encode_for_scoring([x[rows] for x in data.test.features])
-                           for rows in torch.arange(len(data.test.labels)).split(CHUNK)])
+    n = len(data.test.labels)
+    return Encoded.concat((model.encode_for_scoring([x[rows] for x in data.test.features])
+                           for rows in torch.arange(n).split(CHUNK)), n)
 
 
 def cscf_scorer(model: CSCF, encoded: Encoded, fusion: str | None = None, router: str | None = None) -> Scorer:

@@ -113,8 +113,8 @@ def _to_tensors(
 @torch.no_grad()
 def encode(model: CSCF, features: list[torch.Tensor]) -> Encoded:
     """CSCF.encode_for_scoring of every sample, CHUNK samples at a time."""
-    rows = torch.arange(len(features[0])).split(CHUNK)
-    return Encoded.concat([model.encode_for_scoring([x[r] for x in features]) for r in rows])
+    n = len(features[0])
+    return Encoded.concat((model.encode_for_scoring([x[r] for x in features]) for r in torch.arange(n).split(CHUNK)), n)
 
 
 def validation_record(selection: Selection, modalities: list[str], file_sha256: str, samples: ValidationSamples
