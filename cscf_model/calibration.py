@@ -26,7 +26,7 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
-from .data import TrainData, float_blocks
+from .data import ROWS, TrainData, float_blocks
 from .trainer import TrainConfig, stage_seed, train
 
 # A modality is "text-aligned" when the cosine rule on its training data is this many
@@ -49,10 +49,20 @@ class Gaps:
 
     @classmethod
     def of(cls, logits: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor) -> "Gaps":
-        """logits (n, N), labels (n,), seen (N,) bool: the modality's seen classes."""
-        best_seen = logits.masked_fill(~seen, -torch.inf).max(-1)
-        best_unseen = logits.masked_fill(seen, -torch.inf).max(-1)
-        return cls(best_seen.values - best_unseen.values, best_seen.indices == labels, best_unseen.indices == labels)
+        """logits (n, N), labels (n,), seen (N,) bool: the modality's seen classes. ROWS
+        samples at a time: the masked copies of all of a 13x test set's logits would be GBs."""
+        gap, if_seen, if_unseen = [], [], []
+        for part, y in zip(logits.split(ROWS), labels.split(ROWS)):
+            best_seen = part.masked_fill(~seen, -torch.inf).max(-1)
+            best_unseen = part.masked_fill(seen, -torch.inf).max(-1)
+            gap.append(best_seen.values - best_unseen.values)
+            if_seen.append(best_seen.indices == y)
+            if_unseen.append(best_unseen.indices == y)
+        return cls(torch.cat(gap), torch.cat(if_seen), torch.cat(if_unseen))
+
+    def select(self, rows: torch.Tensor) -> "Gaps":
+        """The samples under `rows` (a bool mask or indices)."""
+        return Gaps(self.gap[rows], self.right_if_seen[rows], self.right_if_unseen[rows])
 
     def accuracy(self, margins: torch.Tensor) -> torch.Tensor:
         """Top-1 accuracy in percent at each margin (P,) -> (P,); NaN without samples.
@@ -96,10 +106,16 @@ class SeenUnseenCurve:
         return cls(seen, unseen, margins, seen.accuracy(margins), unseen.accuracy(margins))
 
     @classmethod
-    def from_logits(cls, logits: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor) -> "SeenUnseenCurve":
-        """One modality's curve from its logits (n, N) on samples of any class; seen (N,) bool."""
+    def from_logits(
+        cls, logits: torch.Tensor, labels: torch.Tensor, seen: torch.Tensor, rows: torch.Tensor | None = None
+    ) -> "SeenUnseenCurve":
+        """One modality's curve from its logits (n, N) on samples of any class; seen (N,) bool;
+        `rows` (n,) bool: the samples it is drawn from (None: all), selected without copying logits."""
+        gaps = Gaps.of(logits, labels, seen)
         own = seen[labels]
-        return cls.of(Gaps.of(logits[own], labels[own], seen), Gaps.of(logits[~own], labels[~own], seen))
+        if rows is not None:
+            gaps, own = gaps.select(rows), own[rows]
+        return cls.of(gaps.select(own), gaps.select(~own))
 
     def at(self, margin: float) -> tuple[float, float]:
         """(seen, unseen) accuracy in percent with `margin` subtracted from seen-class logits."""

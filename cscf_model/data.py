@@ -4,7 +4,7 @@ calibration all take it, and none of them should import another to get it."""
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Iterator
+from typing import Iterator, Sequence
 
 import torch
 
@@ -34,28 +34,42 @@ class TrainData:
     labels: list[torch.Tensor]
 
 
-def float_blocks(x: torch.Tensor, rows: int = ROWS) -> Iterator[torch.Tensor]:
-    """x's rows as fp32 blocks of at most `rows`: fp32 math on bf16 storage without an fp32 copy of all of x."""
-    for part in x.split(rows):
-        yield part.float()
+# A matrix, or its row blocks in order: the router reads a modality's fit and validation
+# samples as one matrix, and concatenating them would copy GBs at AudioSet's size.
+Matrix = torch.Tensor | Sequence[torch.Tensor]
 
 
-def column_stats(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def matrix_shape(x: Matrix) -> tuple[int, int]:
+    """(rows, columns) of a Matrix."""
+    parts = [x] if isinstance(x, torch.Tensor) else x
+    return sum(len(p) for p in parts), parts[0].shape[1]
+
+
+def float_blocks(x: Matrix, rows: int = ROWS) -> Iterator[torch.Tensor]:
+    """x's rows in order as fp32 blocks of at most `rows`: fp32 math on bf16 storage without
+    an fp32 copy of all of x."""
+    for matrix in [x] if isinstance(x, torch.Tensor) else x:
+        for part in matrix.split(rows):
+            yield part.float()
+
+
+def column_stats(x: Matrix) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, d) -> per-column mean and unbiased std (d,), fp32, accumulated in float64 over
     float_blocks: exact for bf16 storage, where torch's own reductions would round the
     result to bf16. Two passes (mean, then squared deviations) as x.std(0) does."""
-    total = torch.zeros(x.shape[1], dtype=torch.float64)
+    n, d = matrix_shape(x)
+    total = torch.zeros(d, dtype=torch.float64)
     for part in float_blocks(x):
         total += part.sum(0, dtype=torch.float64)
-    mean = total / max(len(x), 1)
+    mean = total / max(n, 1)
     squares = torch.zeros_like(total)
     for part in float_blocks(x):
         squares += (part.double() - mean).square().sum(0)
-    std = (squares / max(len(x) - 1, 1)).sqrt() if len(x) > 1 else torch.full_like(mean, float("nan"))
+    std = (squares / max(n - 1, 1)).sqrt() if n > 1 else torch.full_like(mean, float("nan"))
     return mean.float(), std.float()
 
 
-def standard_scale(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+def standard_scale(x: Matrix) -> tuple[torch.Tensor, torch.Tensor]:
     """(n, d) -> mean (d,) and the scale to standardise by (d,): the standard deviation, at
     least sqrt(VARIANCE_FLOOR * mean variance), and at least 1e-6 (data with no variance at
     all). Where the floor does not bind this is exactly column_stats' std."""

@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .data import ROWS, TrainData, float_blocks, standard_scale
+from .data import Matrix, TrainData, float_blocks, matrix_shape, standard_scale
 
 _EPS = 1e-6
 # Fewest pseudo-unseen classes a gate on logit features is fitted from (fit_router_with_logits).
@@ -72,14 +72,16 @@ CHUNK = 16_384  # rows per step where a statistic runs over all training samples
 # ----------------------------------------------------------------------------- distances
 
 
-def standardised(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(n, d) of any float dtype -> (mean (d,), scale (d,), z (n, d) fp32): x standardised
-    by data.standard_scale as a gate reads it, filled a block at a time so that bf16
-    training vectors never have a whole fp32 copy besides z."""
+def standardised(x: Matrix) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(n, d) of any float dtype, or its row blocks -> (mean (d,), scale (d,), z (n, d) fp32):
+    x standardised by data.standard_scale as a gate reads it, filled a block at a time so
+    that bf16 training vectors never have a whole fp32 (or concatenated) copy besides z."""
     mean, scale = standard_scale(x)
-    z = torch.empty(x.shape, dtype=torch.float32)
-    for rows, part in zip(torch.arange(len(x)).split(ROWS), float_blocks(x)):
-        z[rows] = (part - mean) / scale
+    z = torch.empty(matrix_shape(x), dtype=torch.float32)
+    start = 0
+    for part in float_blocks(x):
+        z[start:start + len(part)] = (part - mean) / scale
+        start += len(part)
     return mean, scale, z
 
 
@@ -290,14 +292,15 @@ def check_gate_state(state: dict[str, torch.Tensor], name: str = "") -> None:
 
 
 def fit_gate(
-    x: torch.Tensor,
+    x: Matrix,
     labels: torch.Tensor,
     held_out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
     k: int = 5,
     shrinkage: float = 0.5,
     bank_size: int = BANK_SIZE,
 ) -> ModalityGate:
-    """Fit modality m's gate on its training samples x (n, d) (fp32 or bf16), labels (n,) of its seen classes.
+    """Fit modality m's gate on its training samples x (n, d) (fp32 or bf16, or its row blocks),
+    labels (n,) of its seen classes.
 
     held_out: (val mask (n,), pseudo-seen mask (N,), val logits (n_val, N) or None) per
     split: samples under `val` were held out of the split's statistics; those whose class
@@ -524,7 +527,7 @@ def fit_router_with_logits(
     """
     gates = []
     for m in range(len(fit.features)):
-        x = torch.cat([fit.features[m], val.features[m]])
+        x = [fit.features[m], val.features[m]]  # read in order, never concatenated (GBs at 13x)
         y = torch.cat([fit.labels[m], val.labels[m]])
         is_val = torch.arange(len(y)) >= len(fit.labels[m])
         n_held = int((~pseudo_seen[m][y.unique()]).sum())
@@ -557,7 +560,7 @@ def fit_router_from_model(
 
 
 def _logits_help(
-    x: torch.Tensor, y: torch.Tensor, is_val: torch.Tensor, pseudo: torch.Tensor, logits: torch.Tensor, k: int,
+    x: Matrix, y: torch.Tensor, is_val: torch.Tensor, pseudo: torch.Tensor, logits: torch.Tensor, k: int,
     shrinkage: float, bank_size: int,
 ) -> bool:
     """Two-fold held-out AUC of the gate with and without logit features: True if higher with."""

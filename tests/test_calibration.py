@@ -228,3 +228,20 @@ def test_margin_rule_gives_harmonic_to_aligned_modalities_only() -> None:
     assert margin_rule("harmonic", 3.0, aligned=True) == ("harmonic", None)
     assert margin_rule("harmonic", 3.0, aligned=False) == ("mean", 3.0)
     assert margin_rule("mean", 3.0, aligned=True) == ("mean", 3.0)
+
+
+def test_gaps_in_blocks_and_curve_of_selected_rows_match_the_whole_computation(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Gaps.of reads ROWS samples at a time and from_logits selects `rows` on the gaps, not on
+    the logits: both must give what masking all the logits at once gives."""
+    gen = torch.Generator().manual_seed(0)
+    logits, labels = torch.randn(50, 3, generator=gen), torch.randint(0, 3, (50,), generator=gen)
+    rows = torch.rand(50, generator=gen) < 0.7
+    monkeypatch.setattr("cscf_model.calibration.ROWS", 7)
+    blocked = SeenUnseenCurve.from_logits(logits, labels, SEEN3, rows)
+    own = SEEN3[labels[rows]]
+    lo, y = logits[rows], labels[rows]
+    best_seen, best_unseen = lo.masked_fill(~SEEN3, -torch.inf).max(-1), lo.masked_fill(SEEN3, -torch.inf).max(-1)
+    gap = best_seen.values - best_unseen.values
+    assert torch.equal(blocked.seen.gap, gap[own]) and torch.equal(blocked.unseen.gap, gap[~own])
+    assert torch.equal(blocked.seen.right_if_seen, (best_seen.indices == y)[own])
+    assert torch.equal(blocked.unseen.right_if_unseen, (best_unseen.indices == y)[~own])

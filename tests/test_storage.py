@@ -70,3 +70,12 @@ def test_a_constant_dimension_stored_in_bf16_does_not_blow_up_the_model() -> Non
     assert float(model.in_std_0[-1]) == pytest.approx((VARIANCE_FLOOR * float(var.sum()) / 5) ** 0.5, rel=1e-4)
     z = (x - model.in_mean_0) / model.in_std_0  # the fp32 values, as a test sample shows them
     assert float(z[:, -1].abs().max()) < 0.1
+
+
+def test_row_blocks_standardise_as_their_concatenation() -> None:
+    """The router reads a modality's fit and validation samples as two blocks, never
+    concatenated: the statistics and z must be those of the concatenated matrix, bit for bit."""
+    gen = torch.Generator().manual_seed(3)
+    a, b = torch.randn(ROWS + 5, 4, generator=gen).bfloat16(), torch.randn(9, 4, generator=gen).bfloat16()
+    whole, blocks = standardised(torch.cat([a, b])), standardised([a, b])
+    assert all(torch.equal(w, p) for w, p in zip(whole, blocks))

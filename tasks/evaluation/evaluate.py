@@ -10,7 +10,6 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import pyarrow as pa
 import torch
 
 from cscf_model import CSCF, Encoded, model_from_checkpoint
@@ -109,33 +108,39 @@ def build_evaluation(
     chosen = states["CSCF"].get("validation")
     margins_by_rule = states.pop("CSCF").get("margins_by_rule", {})
     del states
-    methods, predictions, diagnostics = {}, {}, {}
-    for model_name, model in models.items():
-        # The model's logits (and gate logits) of every test sample, computed once: its methods
-        # and the subsets differ only in the presence masks and fusion applied to them.
-        encoded = encode_test(model, data)
-        for method, (name, fusion, router) in METHODS.items():
-            if name != model_name:
-                continue
-            scores, rows, routing = evaluate_method(cscf_scorer(model, encoded, fusion, router), data)
-            methods[method], predictions[method] = scores, with_method(rows, method)
-            for name, who in (("dmss", "B+O+D"), ("router", "CSCF")):
-                if method == who:  # routing accuracy of the paper's DMSS and of CSCF's own router
-                    diagnostics[f"{name}_routing_accuracy"] = routing.get("all")
-                    diagnostics.update({f"{name}_routing_accuracy_{k}": v for k, v in routing.items()
-                                        if k not in ("all", "A_all+B_all")})
-            if method == "CSCF":
-                cscf_routing = routing
-                diagnostics["cscf_router"] = model.config.router  # who routes for CSCF: "gate" (learned) or "dmss"
-        if model_name == "CSCF":
-            diagnostics.update(_cscf_diagnostics(model, encoded, data, workspace, key, margins_by_rule))
-            diagnostics["routing_by_pattern"] = routing_by_pattern(
-                methods["CSCF"], cscf_routing, diagnostics["routing_ceiling"], diagnostics["subset_sizes"])
-        del encoded  # 0.4 GB per model at 1x VGGSound: one at a time
+    methods, diagnostics = {}, {}
+    predictions = catalog.stage_output(workspace, "evaluate", key, ".predictions.parquet")
+    # Each method's rows are written as soon as it is scored (at 13x VGGSound the rows of all
+    # seven hold GBs), the models taken in METHODS' order so that the rows are in that order.
+    with catalog.batch_writer(predictions, catalog.PREDICTIONS) as write:
+        for model_name in dict.fromkeys(name for name, _, _ in METHODS.values()):
+            model = models.pop(model_name)
+            # The model's logits (and gate logits) of every test sample, computed once: its methods
+            # and the subsets differ only in the presence masks and fusion applied to them.
+            encoded = encode_test(model, data)
+            for method, (name, fusion, router) in METHODS.items():
+                if name != model_name:
+                    continue
+                scores, rows, routing = evaluate_method(cscf_scorer(model, encoded, fusion, router), data)
+                methods[method] = scores
+                write(with_method(rows, method))
+                del rows
+                for name, who in (("dmss", "B+O+D"), ("router", "CSCF")):
+                    if method == who:  # routing accuracy of the paper's DMSS and of CSCF's own router
+                        diagnostics[f"{name}_routing_accuracy"] = routing.get("all")
+                        diagnostics.update({f"{name}_routing_accuracy_{k}": v for k, v in routing.items()
+                                            if k not in ("all", "A_all+B_all")})
+                if method == "CSCF":
+                    cscf_routing = routing
+                    diagnostics["cscf_router"] = model.config.router  # who routes for CSCF: "gate" (learned) or "dmss"
+            if model_name == "CSCF":
+                diagnostics.update(_cscf_diagnostics(model, encoded, data, workspace, key, margins_by_rule))
+                diagnostics["routing_by_pattern"] = routing_by_pattern(
+                    methods["CSCF"], cscf_routing, diagnostics["routing_ceiling"], diagnostics["subset_sizes"])
+            del encoded  # 0.4 GB per model at 1x VGGSound: one at a time
     if chosen is not None:
         diagnostics["validation_choices"] = chosen
     methods = {m: methods[m] for m in METHODS}
-    predictions = [predictions[m] for m in METHODS]
     metrics = {
         "dataset": dataset,
         "modalities": data.modalities,
@@ -145,8 +150,6 @@ def build_evaluation(
         "diagnostics": diagnostics,
         "provenance": provenance(workspace, embeddings_key),
     }
-    catalog.write_table(pa.concat_tables(predictions),
-                        catalog.stage_output(workspace, "evaluate", key, ".predictions.parquet"), catalog.PREDICTIONS)
     catalog.write_text(render_report(metrics), catalog.stage_output(workspace, "evaluate", key, ".report.md"))
     catalog.write_json(metrics, catalog.stage_output(workspace, "evaluate", key, ".metrics.json"))
 

@@ -32,9 +32,7 @@ def seen_unseen_curves(encoded: Encoded, data: MMHCLData) -> dict[str, SeenUnsee
     model's raw logits of every test sample (tasks.evaluation.scoring.encode_test)."""
     test, curves = data.test, {}
     for m, modality in enumerate(data.modalities):
-        rows = test.available[:, m]
-        logits = encoded.raw[m][rows]
-        curves[modality] = SeenUnseenCurve.from_logits(logits, test.labels[rows], data.seen[m])
+        curves[modality] = SeenUnseenCurve.from_logits(encoded.raw[m], test.labels, data.seen[m], test.available[:, m])
     return curves
 
 
