@@ -11,6 +11,9 @@ seed serves every candidate: candidates differ in how the trained parts are comb
         --seeds 0,1,2 --out docs/results/development            # validation only
     ... --split test                                             # once, after the choice
 
+With `--split test` CSCF is also scored as `cscf run --validation FILE` makes it, FILE being
+the validation half (`CSCF --validation`): what labelled samples of a user's own buy.
+
 `{seed}` in a --data path is replaced by the seed (make_heterogeneous.py --seed N builds
 one ownership of the classes per seed). Trained models are cached under --workspace.
 """
@@ -31,6 +34,7 @@ import torch
 from cscf_model import CSCF, TrainConfig, TrainData, create_model, load_config, train
 from cscf_model.calibration import choose_margins, cosine_rule_accuracy, text_aligned, train_pseudo_unseen
 from cscf_model.router import fit_router_from_model
+from cscf_model.selection import apply_selection, select_on_validation
 from flows.params import PipelineParams
 from flows.pipeline import Wiring
 from tasks.evaluation.scoring import cscf_scorer, encode_test, evaluate_method, routing_ceiling
@@ -120,6 +124,26 @@ def score(model: CSCF, data: MMHCLData) -> dict[str, Any]:
     return {"scores": scores, "routing": routing, "ceiling": routing_ceiling(model, encoded, data)}
 
 
+def with_validation(model: CSCF, validation: MMHCLData) -> CSCF:
+    """`model` with the choices `cscf run --validation` makes on the samples of `validation`
+    (cscf_model.selection): each sample shows every modality it has, as a user's file would."""
+    test = validation.test
+    apply_selection(model, select_on_validation(model, encode_test(model, validation), test.available, test.labels))
+    return model
+
+
+def _print(name: str, candidate: str, got: dict[str, Any]) -> None:
+    """One line per dataset and candidate: all, ceiling, acc_mix, every pattern's
+    accuracy/routing/ceiling, each modality's seen and unseen accuracy."""
+    s = got["scores"]
+    print(f"{name:24s} {candidate:12s} all {s.get('all') or 0:5.1f}  ceiling "
+          f"{got['ceiling'].get('all') or 0:5.1f}  acc_mix {s['acc_mix']:5.1f}  " + "  ".join(
+              f"{k[4:-1]} {v or 0:.0f}/{got['routing'].get(k) or 0:.0f}/{got['ceiling'].get(k) or 0:.0f}"
+              for k, v in s.items() if k.startswith("all[")) + "  | " + "  ".join(
+              f"{k} {v or 0:.1f}" for k, v in s.items() if k.endswith(("_s", "_u")) and "+" not in k
+              and not k[:2] in ("A_", "B_")), flush=True)
+
+
 def cosine_on_unseen(model: CSCF, data: MMHCLData) -> dict[str, float]:
     """Per text-aligned modality, the training-free rule argmax_c cos(x, c) on the samples of
     the classes it never saw: what its unseen-class accuracy is measured against."""
@@ -170,21 +194,20 @@ def main(argv: list[str]) -> int:
             folder = Path(pattern.format(seed=seed))
             ws = args.workspace / (f"default-s{seed}" if pattern == "default" else folder.name)
             data = prepare(folder, ws, seed)
-            rows = carve(data.test, seed)[args.split]
+            halves = carve(data.test, seed)
+            rows = halves[args.split]
             model, pseudo = trained(data, ws, seed, args.epochs)
             cosine = cosine_on_unseen(model, part(data, rows))
             temperature = model.router.temperature.clone()
-            for name, candidate in candidates().items():
+            variants = dict(candidates())
+            if args.split == "test":
+                variants["CSCF --validation"] = lambda model, pseudo: with_validation(
+                    candidates()["CSCF"](model, pseudo), part(data, halves["validation"]))
+            for name, candidate in variants.items():
                 model.router.temperature = temperature.clone()
                 got = score(candidate(model, pseudo), part(data, rows)) | {"cosine_rule_unseen": cosine}
                 results.setdefault(ws.name, {})[name] = got
-                s = got["scores"]
-                print(f"{ws.name:24s} {name:12s} all {s.get('all') or 0:5.1f}  ceiling "
-                      f"{got['ceiling'].get('all') or 0:5.1f}  acc_mix {s['acc_mix']:5.1f}  " + "  ".join(
-                          f"{k[4:-1]} {v or 0:.0f}/{got['routing'].get(k) or 0:.0f}/{got['ceiling'].get(k) or 0:.0f}"
-                          for k, v in s.items() if k.startswith("all[")) + "  | " + "  ".join(
-                          f"{k} {v or 0:.1f}" for k, v in s.items() if k.endswith(("_s", "_u")) and "+" not in k
-                          and not k[:2] in ("A_", "B_")), flush=True)
+                _print(ws.name, name, got)
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.split}.json").write_text(json.dumps(results, indent=1, default=float))

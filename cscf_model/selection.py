@@ -5,9 +5,11 @@ alone: the fusion (the learned router's own, method CSCF = B+O+R), CSMF's top-k,
 modality's calibration margin (calibration.py, on pseudo-unseen training classes). Given
 labelled samples held out from training, they are chosen on those instead:
 
-- fusion and top-k: the router's fusion ("gate", B+O+R) or CSMF with the router naming the
-  dominant modality ("csmf", B+O+R+C) at each top-k of TOP_K_GRID, by accuracy on the
-  samples that show two or more modalities (the only ones a fusion decides);
+- fusion, gate_mix and top-k: the router's fusion ("gate", B+O+R) under each way of mixing
+  the gates of GATE_MIXES (router.expert_product, or the pattern posterior added to the mean
+  logits: measured on the development datasets, each wins on some) or CSMF with the router
+  naming the dominant modality ("csmf", B+O+R+C) at each top-k of TOP_K_GRID, by accuracy
+  on the samples that show two or more modalities (the only ones a fusion decides);
 - margin, per modality: SeenUnseenCurve.best_margin, under the model's own criterion and
   seen-accuracy limit as calibration.margin_rule applies them to that modality, of that modality alone on every sample that shows it, when those
   include classes it saw and classes it did not (else there is no trade-off to judge, and
@@ -30,6 +32,7 @@ from .calibration import SeenUnseenCurve, harmonic_mean, margin_rule
 from .cscf import CSCF, Encoded
 
 TOP_K_GRID = (1, 2, 3, 5, 10)
+GATE_MIXES = ("product", "prior")
 _TIE = 1e-6  # percentage points: closer than this is a tie (as SeenUnseenCurve.best_margin)
 
 
@@ -39,6 +42,7 @@ class FusionScore:
 
     fusion: str  # "gate" (B+O+R) or "csmf" (B+O+R+C); the model's own when it is neither
     top_k: int | None  # CSMF's top-k; None for a fusion that does not read it
+    gate_mix: str | None  # how "gate" mixes the gates (ModelConfig.gate_mix); None for other fusions
     accuracy: float | None  # percent; None without such samples
 
 
@@ -61,6 +65,7 @@ class Selection:
 
     fusion: str
     top_k: int
+    gate_mix: str
     margins: list[float]  # per modality, in model order
     multimodal_samples: int  # validation samples the fusion was judged on
     fusion_scores: list[FusionScore]  # the model as trained first
@@ -69,56 +74,64 @@ class Selection:
 
 @torch.no_grad()
 def select_on_validation(
-    model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, top_ks: Sequence[int] = TOP_K_GRID
+    model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, top_ks: Sequence[int] = TOP_K_GRID,
+    gate_mixes: Sequence[str] = GATE_MIXES,
 ) -> Selection:
-    """Choose the fusion, CSMF's top-k and every margin of a trained CSCF with its learned
+    """Choose the fusion, its gate_mix, CSMF's top-k and every margin of a trained CSCF with its learned
     router on validation samples: `encoded` by CSCF.encode (or encode_for_scoring) of their
     features, present (B, M) bool the modalities each shows, labels (B,) class indices."""
     if model.config.router != "gate" or model.router is None:
         raise ValueError('choosing on validation data needs a CSCF with its fitted learned router (router="gate")')
     multi = (present.sum(1) >= 2).nonzero().squeeze(1)
     on_multi = encoded.rows(multi), present[multi], labels[multi]
-    scores = [FusionScore(fusion, top_k, _fusion_accuracy(model, *on_multi, fusion, top_k))
-              for fusion, top_k in _fusion_candidates(model, top_ks)]
+    scores = [FusionScore(fusion, top_k, mix, _fusion_accuracy(model, *on_multi, fusion, top_k, mix))
+              for fusion, top_k, mix in _fusion_candidates(model, top_ks, gate_mixes)]
     best = _first_best(scores)
     margins = [_margin_score(model, m, encoded.raw[m][present[:, m]], labels[present[:, m]])
                for m in range(present.shape[1])]
-    return Selection(best.fusion, best.top_k or model.config.top_k, [s.chosen for s in margins], len(multi),
-                     scores, margins)
+    return Selection(best.fusion, best.top_k or model.config.top_k, best.gate_mix or model.config.gate_mix,
+                     [s.chosen for s in margins], len(multi), scores, margins)
 
 
 def apply_selection(model: CSCF, selection: Selection) -> None:
-    """Give `model` the chosen settings: its config's fusion and top_k, and its margins."""
-    model.config = model.config.replace(fusion=selection.fusion, top_k=selection.top_k)
+    """Give `model` the chosen settings: its config's fusion, top_k and gate_mix, and its margins."""
+    model.config = model.config.replace(fusion=selection.fusion, top_k=selection.top_k, gate_mix=selection.gate_mix)
     model.margin.copy_(torch.tensor(selection.margins))
 
 
-def _fusion_candidates(model: CSCF, top_ks: Sequence[int]) -> list[tuple[str, int | None]]:
-    """(fusion, top_k) pairs: the model as trained first, then "gate", then "csmf" at every
-    top-k of the grid capped by the class count (a larger k keeps the same classes)."""
-    own = model.config.fusion
-    n_classes = model.class_emb.shape[0]
-    candidates = [(own, model.config.top_k if own == "csmf" else None), ("gate", None)]
-    candidates += [("csmf", k) for k in sorted({min(k, n_classes) for k in top_ks})]
+def _fusion_candidates(
+    model: CSCF, top_ks: Sequence[int], gate_mixes: Sequence[str]
+) -> list[tuple[str, int | None, str | None]]:
+    """(fusion, top_k, gate_mix) triples: the model as trained first, then "gate" under every
+    gate mix, then "csmf" at every top-k of the grid capped by the class count (a larger k
+    keeps the same classes)."""
+    config, n_classes = model.config, model.class_emb.shape[0]
+    own = (config.fusion, config.top_k if config.fusion == "csmf" else None,
+           config.gate_mix if config.fusion == "gate" else None)
+    candidates = [own] + [("gate", None, mix) for mix in gate_mixes]
+    candidates += [("csmf", k, None) for k in sorted({min(k, n_classes) for k in top_ks})]
     return list(dict.fromkeys(candidates))
 
 
 def _fusion_accuracy(
-    model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, fusion: str, top_k: int | None
+    model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, fusion: str, top_k: int | None,
+    gate_mix: str | None,
 ) -> float | None:
-    """Top-1 accuracy (percent) of `fusion` at `top_k` with the learned router; None without samples."""
+    """Top-1 accuracy (percent) of `fusion` at `top_k` (and `gate_mix`) with the learned router;
+    None without samples."""
     if not len(labels):
         return None
-    with _top_k(model, top_k or model.config.top_k):
+    with _configured(model, top_k=top_k or model.config.top_k, gate_mix=gate_mix or model.config.gate_mix):
         fused = model.fuse(encoded, present, fusion=fusion, router="gate").fused
     return 100.0 * float((fused.argmax(-1) == labels).float().mean())
 
 
 @contextmanager
-def _top_k(model: CSCF, top_k: int) -> Iterator[None]:
-    """`model` with CSMF's top-k set for a while: CSCF.s_prune reads it from the config on use."""
+def _configured(model: CSCF, **settings: object) -> Iterator[None]:
+    """`model` with config settings changed for a while: CSCF.s_prune reads top_k and
+    CSCF.fuse reads gate_mix from the config on use."""
     config = model.config
-    model.config = config.replace(top_k=top_k)
+    model.config = config.replace(**settings)
     try:
         yield
     finally:

@@ -318,7 +318,8 @@ def test_validation_file_chooses_the_settings_that_model_report_and_predict_use(
     assert (record["samples"], record["rejected_rows"]) == (24, {"unknown class": 1})
     candidates = record["candidates"]
     assert candidates["multimodal_samples"] == 24
-    assert [(c["fusion"], c["top_k"]) for c in candidates["fusion"]] == [("gate", None)] + [("csmf", k) for k in (1, 2, 3, 5, 6)]
+    assert [(c["fusion"], c["top_k"], c["gate_mix"]) for c in candidates["fusion"]] == [
+        ("gate", None, "product"), ("gate", None, "prior")] + [("csmf", k, None) for k in (1, 2, 3, 5, 6)]
     assert {m: (s["seen_samples"], s["unseen_samples"]) for m, s in candidates["margins"].items()} == {
         "audio": (12, 12), "video": (12, 12)}  # halves: each modality saw 3 of the 6 classes
     assert json.loads((out / "metrics.json").read_text())["diagnostics"]["validation_choices"] == record
@@ -327,7 +328,8 @@ def test_validation_file_chooses_the_settings_that_model_report_and_predict_use(
     # the exported model is the trained one with the choices applied, and nothing else changed
     chosen, before = record["chosen"], load_model(root / "out" / "model").model
     after = load_model(out / "model").model
-    assert after.config == before.config.replace(fusion=chosen["fusion"], top_k=chosen["top_k"])
+    assert after.config == before.config.replace(fusion=chosen["fusion"], top_k=chosen["top_k"],
+                                                 gate_mix=chosen["gate_mix"])
     assert after.margin.tolist() == [chosen["margins"][m] for m in ("audio", "video")]
     assert [chosen["margins"][m] != s["trained"] for m, s in candidates["margins"].items()] == [
         s["from_validation"] for s in candidates["margins"].values()]

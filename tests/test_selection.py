@@ -25,7 +25,10 @@ GATES = [math.log(3.0), 0.0]
 
 class FixedRouter:
     """The learned router's combination rule (router.pattern_posterior) on the gate logits the
-    test gives, at base rates 1/2: what CSCF.route reads from a fitted router."""
+    test gives, at base rates 1/2: what CSCF.route reads from a fitted router; unit evidence
+    weights and temperatures for the product of experts (router.expert_product)."""
+
+    base_rate, weight, temperature = torch.full((2,), 0.5), torch.ones(2), torch.ones(2)
 
     def posterior(self, gate_logit: torch.Tensor, present: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         return pattern_posterior(gate_logit, present, seen, torch.full((len(seen),), 0.5))
@@ -59,9 +62,11 @@ def test_csmf_at_the_top_k_that_gets_it_right_beats_the_router_fusion() -> None:
     #   row 2 (0.414 c1 + 0.586 c2) -> 0.48: fused (2, 1.52, 0.48), class 0, right.
     #   k=3 keeps as many classes as B saw, 2: the same as k=2, so k=2 (first of the tie) wins.
     model = make_model()
-    sel = select_on_validation(model, encoded([[[4, 0, 0], [0, 6, 0]]]), torch.tensor([BOTH]), torch.tensor([0]))
-    assert sel.fusion_scores == [FusionScore("gate", None, 0.0), FusionScore("csmf", 1, 0.0),
-                                 FusionScore("csmf", 2, 100.0), FusionScore("csmf", 3, 100.0)]  # grid capped at 3
+    sel = select_on_validation(model, encoded([[[4, 0, 0], [0, 6, 0]]]), torch.tensor([BOTH]), torch.tensor([0]),
+                               gate_mixes=())
+    assert sel.fusion_scores == [FusionScore("gate", None, "prior", 0.0), FusionScore("csmf", 1, None, 0.0),
+                                 FusionScore("csmf", 2, None, 100.0),
+                                 FusionScore("csmf", 3, None, 100.0)]  # grid capped at 3
     assert (sel.fusion, sel.top_k, sel.multimodal_samples) == ("csmf", 2, 1)
     assert model.config.top_k == 3  # the model is left as it was
     apply_selection(model, sel)
@@ -75,7 +80,7 @@ def test_router_fusion_wins_where_csmf_follows_a_wrong_dominant_modality() -> No
     # B centred (3.33, -1.67, -1.67) reaches class 0 only through row 0's c2: every row of S^B (B)
     # is -1.67 at every k, fused (0.33, 1.33, -1.67): class 1. The router's fusion stays.
     sel = select_on_validation(make_model(), encoded([[[2, 3, 0], [5, 0, 0]]]), torch.tensor([BOTH]),
-                               torch.tensor([0]))
+                               torch.tensor([0]), gate_mixes=())
     assert [s.accuracy for s in sel.fusion_scores] == [100.0, 0.0, 0.0, 0.0]
     assert (sel.fusion, sel.top_k) == ("gate", 3)
 
@@ -84,13 +89,31 @@ def test_a_tie_keeps_the_model_as_trained_and_one_modality_samples_do_not_vote()
     # Sample 0 (both, class 0): A = (5, 0, 0), B = (0, 0, 0): right under every fusion.
     # Sample 1 shows A alone: whatever the fusion, one modality is scored by calibrated stacking.
     sel = select_on_validation(make_model(), encoded([[[5, 0, 0], [0, 0, 0]], [[0, 5, 0], [0, 0, 0]]]),
-                               torch.tensor([BOTH, [True, False]]), torch.tensor([0, 0]))
+                               torch.tensor([BOTH, [True, False]]), torch.tensor([0, 0]), gate_mixes=())
     assert [s.accuracy for s in sel.fusion_scores] == [100.0] * 4
     assert (sel.fusion, sel.top_k, sel.multimodal_samples) == ("gate", 3, 1)
     # a model trained with CSMF at top-k 5 is the default then: it comes first and keeps the tie
     sel = select_on_validation(make_model(fusion="csmf", top_k=5), encoded([[[5, 0, 0], [0, 0, 0]]]),
                                torch.tensor([BOTH]), torch.tensor([0]))
-    assert sel.fusion_scores[0] == FusionScore("csmf", 5, 100.0) and (sel.fusion, sel.top_k) == ("csmf", 5)
+    assert sel.fusion_scores[0] == FusionScore("csmf", 5, None, 100.0) and (sel.fusion, sel.top_k) == ("csmf", 5)
+    assert sel.gate_mix == "prior"  # not chosen: the model's own stays
+
+
+def test_the_product_of_experts_is_chosen_where_it_is_right_and_the_pattern_prior_is_not() -> None:
+    # The sample of the first test (class 0, A = (4, 0, 0), B = (0, 6, 0)), every gate mix.
+    # prior: wrong (above). product: gates moved from base rate 1/2 to the share of classes each
+    # saw: g_A = ln 3 + logit(1/3) = ln 1.5 -> 0.6, g_B = 0 + logit(2/3) = ln 2 -> 2/3. A (not
+    # aligned) gives q_A = (0.6, 0.2, 0.2); B gives 1/3 to class 0, the class it never saw, and
+    # 2/3 softmax(6, 0) = (0.665, 0.0016) to classes 1-2. Product: (0.2, 0.133, 0.0003): class 0.
+    model = make_model()
+    sample = encoded([[[4, 0, 0], [0, 6, 0]]]), torch.tensor([BOTH]), torch.tensor([0])
+    sel = select_on_validation(model, *sample, top_ks=(1,))
+    assert sel.fusion_scores == [FusionScore("gate", None, "prior", 0.0), FusionScore("gate", None, "product", 100.0),
+                                 FusionScore("csmf", 1, None, 0.0)]
+    assert (sel.fusion, sel.gate_mix) == ("gate", "product")
+    assert model.fuse(*sample[:2]).fused.argmax(-1).tolist() == [1]  # the model as trained: prior
+    apply_selection(model, sel)
+    assert model.config.gate_mix == "product" and model.fuse(*sample[:2]).fused.argmax(-1).tolist() == [0]
 
 
 # Modality A alone (B absent). Sample 0, class 0 (A saw it): A = (3, 0, 0), gap best seen - best

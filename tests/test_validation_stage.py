@@ -39,7 +39,8 @@ def test_bad_rows_are_set_aside_by_the_features_rules_and_the_models(tmp_path: P
 
 
 def _selection(margins: list[float]) -> Selection:
-    return Selection("gate", 3, margins, 4, [FusionScore("gate", None, 75.0), FusionScore("csmf", 1, 50.0)],
+    return Selection("gate", 3, "product", margins, 4,
+                     [FusionScore("gate", None, "product", 75.0), FusionScore("csmf", 1, None, 50.0)],
                      [MarginScore(0.5, m, True, 2, 2, (100.0, 0.0), (100.0, 50.0)) for m in margins])
 
 
@@ -67,11 +68,17 @@ def test_model_json_records_the_choices_and_refuses_a_record_of_another_model(tm
     record = validation_record(_selection([1.5, 2.5]), MODALITIES, "0" * 64, samples)
     folder = _folder(tmp_path, record)
     meta = load_model(folder).meta
-    assert meta["validation"]["chosen"] == {"fusion": "gate", "top_k": 3, "margins": {"audio": 1.5, "video": 2.5}}
+    assert meta["validation"]["chosen"] == {"fusion": "gate", "top_k": 3, "gate_mix": "product",
+                                            "margins": {"audio": 1.5, "video": 2.5}}
     assert meta["validation"]["samples"] == 4 and "validation" in meta["checksums"][META]
     _edit(folder, lambda m: m["validation"]["chosen"].update(top_k=2))
     with pytest.raises(ModelFileError, match=r"field 'validation.chosen': fusion 'gate' and top_k 2 differ"):
         load_model(folder)
+    _edit(folder, lambda m: m["validation"]["chosen"].update(top_k=3, gate_mix="prior"))
+    with pytest.raises(ModelFileError, match=r"'validation.chosen': gate_mix 'prior' differs from model_config's 'product'"):
+        load_model(folder)
+    _edit(folder, lambda m: m["validation"]["chosen"].pop("gate_mix"))
+    assert load_model(folder).meta["validation"]["chosen"]["top_k"] == 3  # a record from before gate_mix was chosen
     _edit(folder, lambda m: m["validation"]["chosen"].update(top_k=3, margins={"audio": 1.5, "video": 0.0}))
     with pytest.raises(ModelFileError, match=r"'validation.chosen.margins': differ from the field 'calibration'"):
         load_model(folder)

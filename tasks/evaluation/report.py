@@ -214,10 +214,12 @@ the others ("harmonic", the default), or that mean for every modality ("seen-bud
 FUSIONS = {"gate": "B+O+R (router fusion)", "csmf": "B+O+R+C (router + CSMF)"}
 
 
-def fusion_name(fusion: str, top_k: int | None) -> str:
+def fusion_name(fusion: str, top_k: int | None, gate_mix: str | None = None) -> str:
     """A fusion candidate as the report and the run summary name it."""
     name = FUSIONS.get(fusion, fusion)
-    return name if top_k is None or fusion != "csmf" else f"{name}, top-k {top_k}"
+    if fusion == "csmf" and top_k is not None:
+        return f"{name}, top-k {top_k}"
+    return f"{name}, gate mix {gate_mix}" if fusion == "gate" and gate_mix else name
 
 
 def render_validation(diagnostics: dict[str, Any]) -> str:
@@ -227,10 +229,11 @@ def render_validation(diagnostics: dict[str, Any]) -> str:
     if not record:
         return ""
     chosen, candidates = record["chosen"], record["candidates"]
-    picked = lambda c: c["fusion"] == chosen["fusion"] and c["top_k"] in (None, chosen["top_k"])  # noqa: E731
-    fusions = markdown_table(["Fusion", "top-k", "accuracy", ""], [
-        [FUSIONS.get(c["fusion"], c["fusion"]), "-" if c["top_k"] is None else str(c["top_k"]), _fmt(c["accuracy"]),
-         "chosen" if picked(c) else ""] for c in candidates["fusion"]])
+    picked = lambda c: (c["fusion"] == chosen["fusion"] and c["top_k"] in (None, chosen["top_k"])  # noqa: E731
+                        and c.get("gate_mix") in (None, chosen.get("gate_mix")))
+    fusions = markdown_table(["Fusion", "top-k", "gate mix", "accuracy", ""], [
+        [FUSIONS.get(c["fusion"], c["fusion"]), "-" if c["top_k"] is None else str(c["top_k"]),
+         c.get("gate_mix") or "-", _fmt(c["accuracy"]), "chosen" if picked(c) else ""] for c in candidates["fusion"]])
     pair = lambda acc: "n/a" if acc is None else f"{acc[0]:.2f} / {acc[1]:.2f}"  # noqa: E731
     margins = markdown_table(
         ["Modality", "margin (training data)", "margin used", "from", "seen / unseen samples",
@@ -244,7 +247,7 @@ def render_validation(diagnostics: dict[str, Any]) -> str:
 
 `--validation` (sha256 {record['file_sha256'][:16]}, {record['samples']} samples; rows set aside: {rejected})
 chose these settings instead of the defaults; CSCF and the ablations on its weights use them.
-Fusion: {fusion_name(chosen['fusion'], chosen['top_k'])}, by top-1 accuracy (%) on the
+Fusion: {fusion_name(chosen['fusion'], chosen['top_k'], chosen.get('gate_mix'))}, by top-1 accuracy (%) on the
 {candidates['multimodal_samples']} validation samples showing two or more modalities (a tie keeps the model as trained):
 
 {fusions}
@@ -263,7 +266,8 @@ def validation_line(diagnostics: dict[str, Any]) -> list[str]:
     if not chosen:
         return []
     margins = ", ".join(f"{m} {t:.4g}" for m, t in chosen["margins"].items())
-    return [f"chosen on validation data: {fusion_name(chosen['fusion'], chosen['top_k'])}; margins {margins}"]
+    fusion = fusion_name(chosen["fusion"], chosen["top_k"], chosen.get("gate_mix"))
+    return [f"chosen on validation data: {fusion}; margins {margins}"]
 
 
 def overlapping(metrics: dict[str, Any]) -> bool:

@@ -97,8 +97,8 @@ def _check_validation(
     record: dict[str, Any], calibration: dict[str, float], config: ModelConfig, modalities: list[str], fail: Fail
 ) -> None:
     """The settings chosen on validation data (tasks.training.validation.validation_record):
-    its fields of their kinds, and the choices those the model uses (its config's fusion and
-    top_k, its margins), so the record cannot describe another model."""
+    its fields of their kinds, and the choices those the model uses (its config's fusion,
+    top_k and gate_mix, its margins), so the record cannot describe another model."""
     _check_fields(record, {"file_sha256": "a string", "samples": "a number", "rejected_rows": "an object",
                            "chosen": "an object", "candidates": "an object"}, "validation", fail)
     chosen = record["chosen"]
@@ -107,6 +107,8 @@ def _check_validation(
     if (chosen["fusion"], chosen["top_k"]) != (config.fusion, config.top_k):
         fail("validation.chosen", f"fusion {chosen['fusion']!r} and top_k {chosen['top_k']!r} differ from "
              f"model_config's {config.fusion!r} and {config.top_k!r}")
+    if chosen.get("gate_mix", config.gate_mix) != config.gate_mix:  # absent in records from before it was chosen
+        fail("validation.chosen", f"gate_mix {chosen['gate_mix']!r} differs from model_config's {config.gate_mix!r}")
     _margins(chosen["margins"], "validation.chosen.margins", modalities, fail)
     if chosen["margins"] != calibration:
         fail("validation.chosen.margins", "differ from the field 'calibration'")

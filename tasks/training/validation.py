@@ -6,7 +6,7 @@ the features stage's reader and bad-row rules, plus the model's own: a modality 
 does not know or a vector not of the model's length for it. Each bad row is set aside,
 counted in the log with example ids, and recorded; only a file with nothing usable left
 stops the run. The trained CSCF encodes the samples once; cscf_model.selection chooses the
-fusion, CSMF's top-k and each modality's margin on them; `<key>.pt` is the train stage's
+fusion, its gate mix, CSMF's top-k and each modality's margin on them; `<key>.pt` is the train stage's
 checkpoint with those settings and a `validation` record of what was chosen from which
 candidates (validation_record). Evaluation scores that checkpoint, `--out` exports it
 (model.json `validation`), so report, metrics and `cscf predict` all use the choices.
@@ -126,7 +126,7 @@ def validation_record(selection: Selection, modalities: list[str], file_sha256: 
         "file_sha256": file_sha256,
         "samples": len(samples.labels),
         "rejected_rows": samples.rejected,
-        "chosen": {"fusion": selection.fusion, "top_k": selection.top_k,
+        "chosen": {"fusion": selection.fusion, "top_k": selection.top_k, "gate_mix": selection.gate_mix,
                    "margins": dict(zip(modalities, selection.margins))},
         "candidates": {"multimodal_samples": selection.multimodal_samples,
                        "fusion": [asdict(s) for s in selection.fusion_scores],
@@ -135,7 +135,7 @@ def validation_record(selection: Selection, modalities: list[str], file_sha256: 
 
 
 def build_validation(workspace: Path, key: str, validation: str, train_key: str) -> None:
-    """Choose CSCF's fusion, top-k and margins on the validation file; write `<key>.pt`, the
+    """Choose CSCF's fusion, gate mix, top-k and margins on the validation file; write `<key>.pt`, the
     train stage's checkpoint `train_key` with the choices applied and recorded."""
     path = Path(validation)
     checkpoint = load_checkpoint(catalog.stage_output(workspace, "train", train_key, ".pt"))
@@ -148,9 +148,9 @@ def build_validation(workspace: Path, key: str, validation: str, train_key: str)
     checkpoint["model"]["margin"] = model.margin.clone()
     checkpoint["validation"] = validation_record(selection, modalities, hashlib.sha256(path.read_bytes()).hexdigest(),
                                                  samples)
-    log.info("%s: %d samples (%d showing several modalities): fusion %s, top-k %d, margins %s (chosen on "
-             "validation data)", path, len(samples.labels), selection.multimodal_samples, selection.fusion,
-             selection.top_k, dict(zip(modalities, selection.margins)))
+    log.info("%s: %d samples (%d showing several modalities): fusion %s, top-k %d, gate mix %s, margins %s "
+             "(chosen on validation data)", path, len(samples.labels), selection.multimodal_samples, selection.fusion,
+             selection.top_k, selection.gate_mix, dict(zip(modalities, selection.margins)))
     with catalog.atomic_path(catalog.stage_output(workspace, "validate", key, ".pt")) as tmp:
         torch.save(checkpoint, tmp)
 
