@@ -150,9 +150,15 @@ def class_balanced_bank(z: torch.Tensor, labels: torch.Tensor, rows: torch.Tenso
 
 def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, classes: torch.Tensor) -> float:
     """T minimising the log loss of softmax(logits / T) over `classes` (N,) bool on held-out
-    samples (labels among those classes): temperature scaling (Guo et al., 2017)."""
+    samples (labels among those classes): temperature scaling (Guo et al., 2017), with the
+    labels smoothed by 1 / (n + 2). A modality that names all n held-out samples right has,
+    by the rule of succession, an error rate of 1 / (n + 2), not 0; unsmoothed, T fell to
+    0.001 there (digits4) and every later error of that modality vetoed the true class in
+    router.expert_product. Chosen on the development datasets' validation halves: `all`
+    83.0 -> 83.5 on average over four datasets (docs/results/development)."""
     if not len(labels):
         return 1.0
+    smoothing = 1.0 / (len(labels) + 2)
     z = logits[:, classes].double()
     labels = torch.searchsorted(torch.nonzero(classes).squeeze(1), labels)  # positions among `classes`
     log_t = torch.zeros((), dtype=torch.float64, requires_grad=True)
@@ -160,7 +166,7 @@ def fit_temperature(logits: torch.Tensor, labels: torch.Tensor, classes: torch.T
 
     def closure() -> torch.Tensor:
         opt.zero_grad()
-        loss = F.cross_entropy(z / log_t.exp(), labels)
+        loss = F.cross_entropy(z / log_t.exp(), labels, label_smoothing=smoothing)
         loss.backward()
         return loss
 

@@ -492,12 +492,20 @@ def test_expert_product_needs_both_modalities_to_name_a_class_both_saw() -> None
 
 
 def test_fit_temperature_hand_computed() -> None:
-    # Logits (2, 0) on four samples, three of class 0: the log loss is least where
-    # softmax(2 / T)_0 = sigmoid(2 / T) = 3/4, T = 2 / ln 3.
+    # Logits (2, 0) on four samples, three of class 0, labels smoothed by 1 / (4 + 2) over the two
+    # classes: targets (11/12, 1/12) for class 0, (1/12, 11/12) for class 1, on average 17/24 for
+    # class 0. The log loss is least where softmax(2 / T)_0 = sigmoid(2 / T) = 17/24: T = 2 / ln(17/7).
     logits = torch.tensor([[2.0, 0.0, 7.0]] * 4)
     labels = torch.tensor([0, 0, 0, 1])
     t = fit_temperature(logits, labels, torch.tensor([True, True, False]))  # class 2 left out
-    assert t == pytest.approx(2 / math.log(3), rel=1e-4)
+    assert t == pytest.approx(2 / math.log(17 / 7), rel=1e-4)
+
+
+def test_fit_temperature_stays_finite_when_every_held_out_sample_is_right() -> None:
+    # Two samples of class 0, both right: unsmoothed the loss falls as T -> 0. Smoothed by
+    # 1/4: target 7/8 for class 0, sigmoid(2 / T) = 7/8, T = 2 / ln 7.
+    t = fit_temperature(torch.tensor([[2.0, 0.0]] * 2), torch.tensor([0, 0]), torch.tensor([True, True]))
+    assert t == pytest.approx(2 / math.log(7), rel=1e-4)
 
 
 def test_router_saved_before_temperatures_loads_with_t_1() -> None:
