@@ -31,6 +31,7 @@ from .mappers import MapperBank, build_mapper
 from .router import GateRouter, expert_product, present_mean, routed_probs, router_from_state, seen_patterns
 
 _EPS = 1e-8
+SCORING_CHUNK = 8192  # samples encoded at a time by CSCF.encode_for_scoring
 
 
 # ----------------------------------------------------------------------------- OSRS
@@ -355,10 +356,15 @@ class CSCF(nn.Module):
             gate_logit = self.router.gate_logits(features, raw, self.seen)
         return Encoded(raw, raw_k, gate_logit)
 
-    def encode_for_scoring(self, features: list[torch.Tensor]) -> Encoded:
+    @torch.no_grad()
+    def encode_for_scoring(self, features: list[torch.Tensor], chunk: int = SCORING_CHUNK) -> Encoded:
         """encode(features).for_scoring(): what fuse reads under any mask, the per-module
-        logits kept only where missing="zero" needs them."""
-        return self.encode(features).for_scoring(keep_k=self.config.missing == "zero")
+        logits kept only where missing="zero" needs them. `chunk` samples at a time, so that
+        a test set of any size costs its encoding and one chunk's temporaries."""
+        n, keep_k = len(features[0]), self.config.missing == "zero"
+        parts = (self.encode([x[i:i + chunk] for x in features]).for_scoring(keep_k=keep_k)
+                 for i in range(0, max(n, 1), chunk))
+        return Encoded.concat(parts, n)
 
     def forward(
         self, features: list[torch.Tensor], present: torch.Tensor, fusion: str | None = None, router: str | None = None

@@ -211,14 +211,14 @@ def test_missing_mask_vs_zero() -> None:
 
 @pytest.mark.parametrize("missing", ["mask", "zero"])
 def test_encode_once_then_fuse_is_the_forward_pass(missing: str) -> None:
-    """Evaluation encodes the test set once and fuses it under each subset's presence mask
-    (tasks.evaluation.scoring): that must equal the forward pass on the same rows and mask."""
+    """Evaluation encodes the test set once (in chunks) and fuses it under each subset's presence
+    mask (tasks.evaluation.scoring): that must equal the forward pass on the same rows and mask."""
     model = _model(missing=missing).eval()
     model.margin.fill_(0.7)
     feats, _ = _inputs(6)
     present = torch.tensor([[True, True], [True, False], [False, True]] * 2)
     with torch.no_grad():
-        for encoded in (model.encode(feats), model.encode_for_scoring(feats)):
+        for encoded in (model.encode(feats), model.encode_for_scoring(feats), model.encode_for_scoring(feats, chunk=4)):
             for fusion in ("mean", "dominant", "csmf"):
                 rows = torch.tensor([4, 1, 2])
                 want = model([x[rows] for x in feats], present[rows], fusion=fusion)

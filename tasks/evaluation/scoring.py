@@ -46,13 +46,10 @@ def on_test(predict: Predict, data: MMHCLData) -> Scorer:
     return lambda rows, present: predict([x[rows] for x in data.test.features], present)
 
 
-@torch.no_grad()
 def encode_test(model: CSCF, data: MMHCLData) -> Encoded:
     """CSCF.encode_for_scoring of every test sample (its modalities' mean logits, gate logits
-    and DMSS entropies), CHUNK samples at a time."""
-    n = len(data.test.labels)
-    return Encoded.concat((model.encode_for_scoring([x[rows] for x in data.test.features])
-                           for rows in torch.arange(n).split(CHUNK)), n)
+    and DMSS entropies)."""
+    return model.encode_for_scoring(data.test.features)
 
 
 def cscf_scorer(model: CSCF, encoded: Encoded, fusion: str | None = None, router: str | None = None) -> Scorer:

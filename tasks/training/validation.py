@@ -26,7 +26,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import torch
 
-from cscf_model import CSCF, Encoded, model_from_checkpoint
+from cscf_model import model_from_checkpoint
 from cscf_model.selection import Selection, apply_selection, select_on_validation
 
 from tasks.ingest.features import check_features_file, find_bad_rows, read_features
@@ -36,7 +36,6 @@ from tasks.training.train import load_checkpoint
 
 log = logging.getLogger("cscf.validation")
 
-CHUNK = 8192  # samples encoded at a time: bounds memory whatever the file's size
 
 
 @dataclass
@@ -110,13 +109,6 @@ def _to_tensors(
     return features, present, labels
 
 
-@torch.no_grad()
-def encode(model: CSCF, features: list[torch.Tensor]) -> Encoded:
-    """CSCF.encode_for_scoring of every sample, CHUNK samples at a time."""
-    n = len(features[0])
-    return Encoded.concat((model.encode_for_scoring([x[r] for x in features]) for r in torch.arange(n).split(CHUNK)), n)
-
-
 def validation_record(selection: Selection, modalities: list[str], file_sha256: str, samples: ValidationSamples
                       ) -> dict[str, Any]:
     """What the chosen model records (checkpoint, model.json `validation`, metrics.json
@@ -142,7 +134,7 @@ def build_validation(workspace: Path, key: str, validation: str, train_key: str)
     model = model_from_checkpoint(checkpoint).eval()
     modalities = list(checkpoint["modalities"])
     samples = read_validation(path, modalities, model.input_dims, list(checkpoint["class_names"]))
-    selection = select_on_validation(model, encode(model, samples.features), samples.present, samples.labels)
+    selection = select_on_validation(model, model.encode_for_scoring(samples.features), samples.present, samples.labels)
     apply_selection(model, selection)
     checkpoint["config"] = model.config.to_dict()
     checkpoint["model"]["margin"] = model.margin.clone()
