@@ -25,8 +25,10 @@ from cscf_model.router import (
     fit_router,
     fit_router_with_logits,
     logit_features,
+    bank_knn_distance,
     class_balanced_bank,
     knn_mean_distance,
+    local_density_ratio,
     mahalanobis_min,
     pattern_posterior,
     ceiling_probs,
@@ -153,6 +155,30 @@ def test_mahalanobis_and_knn_distances() -> None:
     assert knn_mean_distance(torch.zeros(1, 2), bank, 3).tolist() == pytest.approx([7 / 3])  # (0 + 3 + 4) / 3
 
 
+def test_local_density_ratio_by_hand() -> None:
+    # bank on a line: 0, 1 (a tight pair) and 10, 14 (a loose pair); k = 1.
+    # own k-NN distances: 1, 1, 4, 4. x = 0.5: nearest 0 at 0.5, ratio 0.5 / 1;
+    # x = 12: nearest 10 or 14 at 2, ratio 2 / 4; x = 5: nearest 1 at 4, ratio 4 / 1
+    bank = torch.tensor([[0.0], [1.0], [10.0], [14.0]])
+    kdist = bank_knn_distance(bank, 1)
+    assert kdist.tolist() == pytest.approx([1.0, 1.0, 4.0, 4.0])
+    x = torch.tensor([[0.5], [12.0], [5.0]])
+    assert local_density_ratio(x, bank, kdist, 1).tolist() == pytest.approx([0.5, 0.5, 4.0])
+    # k = 2: own distances (1 + 10) / 2, (1 + 9) / 2, (4 + 9) / 2, (4 + 13) / 2 = 5.5, 5, 6.5, 8.5;
+    # x = 12: nearest 10 and 14 at 2 and 2, ratio 2 / ((6.5 + 8.5) / 2) = 4 / 15
+    assert bank_knn_distance(bank, 2).tolist() == pytest.approx([5.5, 5.0, 6.5, 8.5])
+    assert local_density_ratio(x[1:2], bank, bank_knn_distance(bank, 2), 2).tolist() == pytest.approx([4 / 15])
+    assert bank_knn_distance(bank[:1], 5).tolist() == [1.0]  # one row: no neighbour, ratio = raw distance
+
+
+def test_chunked_density_ratio_matches_the_whole() -> None:
+    g = torch.Generator().manual_seed(4)
+    x, bank = torch.randn(40, 8, generator=g), torch.randn(30, 8, generator=g)
+    kdist = bank_knn_distance(bank, 3)
+    assert torch.allclose(bank_knn_distance(bank, 3, chunk=7), kdist)
+    assert torch.allclose(local_density_ratio(x, bank, kdist, 3, chunk=7), local_density_ratio(x, bank, kdist, 3))
+
+
 def test_mahalanobis_expansion_and_chunked_knn_match_the_direct_forms() -> None:
     g = torch.Generator().manual_seed(3)
     x, means, bank = torch.randn(50, 16, generator=g) * 3 + 5, torch.randn(7, 16, generator=g) + 5, torch.randn(90, 16, generator=g)
@@ -277,6 +303,21 @@ def test_router_rebuilds_from_state_dict() -> None:
     assert isinstance(again, GateRouter) and isinstance(again.gates[0], ModalityGate)
 
 
+def test_gate_saved_before_the_density_ratio_reads_the_raw_knn_distance() -> None:
+    # a state without bank_kdist (model folders written before it) loads, and its gate's
+    # second feature is the raw k-NN distance it was fitted on
+    train, seen, x = two_modality_setup()
+    gate = fit_router(train, seen, holdout=0.34, seed=0, repeats=1).gates[0]
+    state = {k: v for k, v in gate.state_dict().items() if k != "bank_kdist"}
+    old = ModalityGate.from_state(state)
+    assert old.bank_kdist is None and "bank_kdist" not in old.state_dict()
+    z = (x - old.in_mean) / old.in_std
+    raw = knn_mean_distance(z, old.bank, int(old.k)).clamp_min(1e-6).log()
+    assert torch.allclose(old.features(x, None, seen[0])[:, 1] * old.feat_std[1] + old.feat_mean[1], raw, atol=1e-5)
+    ratio = local_density_ratio(z, gate.bank, gate.bank_kdist, int(gate.k)).clamp_min(1e-6).log()
+    assert torch.allclose(gate.features(x, None, seen[0])[:, 1] * gate.feat_std[1] + gate.feat_mean[1], ratio, atol=1e-5)
+
+
 def router_state() -> dict[str, torch.Tensor]:
     train, seen, _ = two_modality_setup()
     router = fit_router(train, seen, holdout=0.34, seed=0, repeats=1)
@@ -301,6 +342,8 @@ def test_router_state_with_base_rate_0_or_1_is_refused(bad: float) -> None:
     ("router.gates.1.precision", lambda v: v[:2, :2], r"gates\.1\.precision has shape \(2, 2\), expected \(3, 3\)"),
     ("router.gates.0.bank", lambda v: v[:, :2], r"gates\.0\.bank has shape \(\d+, 2\), expected \(rows >= 1, 3\)"),
     ("router.gates.0.k", torch.zeros_like, r"gates\.0\.k must be >= 1"),
+    ("router.gates.1.bank_kdist", lambda v: v[:-1], r"gates\.1\.bank_kdist has shape \(\d+,\), expected \(\d+,\), one per"),
+    ("router.gates.0.bank_kdist", torch.zeros_like, r"gates\.0\.bank_kdist must be finite and > 0"),
     ("router.weight", lambda v: torch.ones(3), r"router\.weight has shape \(3,\), expected \(2,\)"),
     ("router.weight", lambda v: -v, r"router\.weight must be finite and >= 0"),
     ("router.temperature", torch.zeros_like, r"router\.temperature must be finite and > 0"),
