@@ -25,6 +25,7 @@ from cscf_model.router import (
     fit_router,
     fit_router_with_logits,
     logit_features,
+    out_of_fold_scaling,
     bank_knn_distance,
     class_balanced_bank,
     knn_mean_distance,
@@ -226,6 +227,44 @@ def test_fit_logistic() -> None:
     # separable, symmetric data: finite weights (the l2 term), positive slope, zero intercept
     w = fit_logistic(torch.tensor([[-2.0], [-1.0], [1.0], [2.0]]), torch.tensor([0.0, 0.0, 1.0, 1.0]))
     assert 0 < float(w[0]) < 100 and float(w[-1]) == pytest.approx(0.0, abs=1e-4)
+
+
+def noisy_fold(sign: float, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """200 gate features (n, 1) ~ N(sign * (2y - 1), 1.5^2): label y = 1 is read higher when sign > 0."""
+    g = torch.Generator().manual_seed(seed)
+    y = (torch.arange(200) % 2).float()
+    return sign * (2 * y - 1)[:, None] + 1.5 * torch.randn(200, 1, generator=g), y
+
+
+def test_out_of_fold_scaling_keeps_a_gate_that_carries_over() -> None:
+    # identical folds: each fold's out-of-fold gate is the gate fitted on the same data, so
+    # its logits are the fitted ones and Platt scaling leaves them: b = 0, and a = 1.016 (the
+    # l2 term had shrunk the fitted slope a little), kept at 1
+    fold = noisy_fold(1.0, 0)
+    a, b = out_of_fold_scaling([fold, fold])
+    assert a == 1.0 and b == pytest.approx(0.0, abs=0.01)
+
+
+def test_out_of_fold_scaling_removes_evidence_that_does_not_carry_over() -> None:
+    # the feature reads y = 1 high on two hold-outs and low on the third. Out of fold, the
+    # third is scored by a gate fitted on the first two (wrong on all of it) and the first
+    # two by gates whose folds cancel (slope near 0): Platt's slope is negative (-1.3), and
+    # the gate keeps none of its evidence (a = 0) rather than being turned against its fit
+    folds = [noisy_fold(1.0, 1), noisy_fold(1.0, 2), noisy_fold(-1.0, 3)]
+    a, _ = out_of_fold_scaling(folds)
+    assert a == 0.0
+    assert out_of_fold_scaling([noisy_fold(1.0, 1)]) == (1.0, 0.0)  # one fold: nothing to score out of fold
+
+
+def test_gate_fitted_on_several_holdouts_is_scaled_out_of_fold(monkeypatch: pytest.MonkeyPatch) -> None:
+    x, y = clusters(6, 20, 3, seed=5)
+    seen = torch.ones(6, dtype=torch.bool)
+    splits = class_holdouts(y, seen, 0.34, 0.2, 3, seed=0)
+    monkeypatch.setattr(router_module, "out_of_fold_scaling", lambda folds: (1.0, 0.0))
+    fitted = fit_gate(x, y, splits)
+    monkeypatch.setattr(router_module, "out_of_fold_scaling", lambda folds: (0.5, -0.25))
+    scaled = fit_gate(x, y, splits)
+    assert torch.allclose(scaled(x, None, seen), 0.5 * fitted(x, None, seen) - 0.25, atol=1e-5)
 
 
 def clusters(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
