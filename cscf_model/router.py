@@ -17,7 +17,10 @@ Gate (per modality m): g_m(x) = P(class of x in S_m | x_m), a logistic regressio
     read from the pseudo-unseen model calibrated stacking trains (fit_router_with_logits).
 It is fitted on held-out samples of pseudo-seen classes (label 1) and of pseudo-unseen
 classes (label 0) against the statistics of the pseudo-seen classes only; at test time
-the statistics of all seen classes are used.
+the statistics of all seen classes are used. A gate fitted on several class hold-outs is
+then scaled to how right it is on hold-outs it was not fitted on (out_of_fold_scaling),
+which is how a modality whose gate separates seen from unseen classes poorly comes to
+weigh less in the combination below.
 
 Combination (M modalities, any seen pattern): each class c has a pattern sigma(c), the
 set of modalities that saw it (possibly empty). Treating the modalities' evidence as
