@@ -392,8 +392,8 @@ def out_of_fold_scaling(folds: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple
     """(a, b) for a gate fitted on all `folds` (features (n, F), labels (n,) per class
     hold-out): sigmoid(a * logit + b) is calibrated on classes the gate was not fitted on.
 
-    Each fold is scored by the logistic gate fitted on the other folds (its pseudo-unseen
-    classes never among theirs), and the out-of-fold logits are Platt-scaled (Platt, 1999;
+    Each fold is scored by the logistic gate fitted on the other folds (other classes held
+    out, as far as the hold-outs differ), and the out-of-fold logits are Platt-scaled (Platt, 1999;
     scikit-learn's CalibratedClassifierCV with ensemble=False does the same). Fitted and
     scored on the same few held-out classes, a gate reads its own quirks of those classes as
     evidence: on digits4 (2-4 classes seen per view) out-of-fold scaling shrinks some views'
