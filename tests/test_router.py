@@ -518,6 +518,10 @@ def test_cscf_with_gate_router_fuses_and_survives_a_checkpoint() -> None:
     state = {"config": model.config.to_dict(), "input_dims": [3, 3], "model": model.state_dict()}
     again = model_from_checkpoint(state).eval()
     assert torch.equal(again([x, x], both).fused, out.fused)
+    # a checkpoint written before the density ratio (no bank_kdist) loads, its gates on raw distances
+    before = {**state, "model": {k: v for k, v in state["model"].items() if not k.endswith(".bank_kdist")}}
+    assert len(before["model"]) == len(state["model"]) - 2
+    assert all(gate.bank_kdist is None for gate in model_from_checkpoint(before).router.gates)
 
 
 def test_config_rejects_gate_fusion_without_gate_router() -> None:
