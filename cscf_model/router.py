@@ -151,9 +151,11 @@ def local_density_ratio(
     return torch.cat(out) if out else x.new_zeros(0)
 
 
-def bank_knn_distance(bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+def bank_knn_distance(bank: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
     """(n, d) -> (n,): each bank row's mean distance to its k nearest other rows (a single
-    row: 1), floored at _EPS so that local_density_ratio never divides by 0."""
+    row: 1), floored at _EPS so that local_density_ratio never divides by 0. `chunk` rows at
+    a time: the (chunk, n) distance block is 128 MB at BANK_SIZE, where 4096 rows raised the
+    training stage's peak at 1x VGGSound size by 400 MB."""
     k = min(k, len(bank) - 1)
     if k < 1:
         return bank.new_ones(len(bank))
