@@ -367,17 +367,37 @@ def fit_gate(
     out_of_fold_scaling, so that it is as confident as it is right on classes it was not
     fitted on.
     """
-    in_mean, in_std, z = standardised(x)
+    standard = standardised(x)
+    return gate_from_features(standard, labels, *held_out_set(standard[2], labels, held_out, k, shrinkage, bank_size),
+                              k, shrinkage, bank_size)
+
+
+def held_out_set(
+    z: torch.Tensor, labels: torch.Tensor, held_out: list[tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]],
+    k: int, shrinkage: float, bank_size: int,
+) -> tuple[list[torch.Tensor], list[torch.Tensor]]:
+    """Per split of `held_out` (as fit_gate's), the gate features of its held-out samples and
+    their labels (1: a pseudo-seen class)."""
     feats = [held_out_features(z, labels, val, pseudo, logits, k, shrinkage, bank_size)
              for val, pseudo, logits in held_out]
-    targets = [pseudo[labels[val]].float() for val, pseudo, _ in held_out]
+    return feats, [pseudo[labels[val]].float() for val, pseudo, _ in held_out]
+
+
+def gate_from_features(
+    standard: tuple[torch.Tensor, torch.Tensor, torch.Tensor], labels: torch.Tensor, feats: list[torch.Tensor],
+    targets: list[torch.Tensor], k: int, shrinkage: float, bank_size: int,
+) -> ModalityGate:
+    """fit_gate from its held-out features and labels, one pair per split, and `standard`, the
+    (mean, scale, z) of `standardised`: the logistic weights, scaled out of fold when there
+    are several splits, and every sample's statistics."""
+    in_mean, in_std, z = standard
     f, y = torch.cat(feats), torch.cat(targets)
     feat_mean, feat_std = f.mean(0), f.std(0).clamp_min(_EPS)
     if len(y) and y.min() < y.max():
         # pi in [1/n, 1 - 1/n] here, but a float32 mean of tens of millions of labels can
         # round to 0 or 1, and log pi or log(1 - pi) would then be infinite
         weights, base_rate = fit_logistic((f - feat_mean) / feat_std, y), y.mean().clamp(_EPS, 1 - _EPS)
-        if len(held_out) > 1:
+        if len(feats) > 1:
             a, b = out_of_fold_scaling(list(zip(feats, targets)))
             weights = torch.cat([weights[:-1] * a, weights[-1:] * a + b])
     else:  # too few samples to hold out both kinds: a gate with no evidence (g = pi = 1/2, ratio 1)
@@ -626,16 +646,19 @@ def fit_router_with_logits(
         x = [fit.features[m], val.features[m]]  # read in order, never concatenated (GBs at 13x)
         y = torch.cat([fit.labels[m], val.labels[m]])
         is_val = torch.arange(len(y)) >= len(fit.labels[m])
-        n_held = int((~pseudo_seen[m][y.unique()]).sum())
-        if n_held >= MIN_HELD_OUT_FOR_LOGITS and _logits_help(
-            x, y, is_val, pseudo_seen[m], val_logits[m], k, shrinkage, bank_size
-        ):
-            gates.append(fit_gate(x, y, [(is_val, pseudo_seen[m], val_logits[m])], k, shrinkage, bank_size))
-        else:
-            seen_m = torch.zeros_like(pseudo_seen[m])
-            seen_m[y.unique()] = True
-            gates.append(fit_gate(x, y, class_holdouts(y, seen_m, holdout, 0.2, repeats, seed + m), k, shrinkage,
-                                  bank_size))
+        standard = standardised(x)  # once per modality: at 13x VGGSound each pass over x costs minutes
+        if int((~pseudo_seen[m][y.unique()]).sum()) >= MIN_HELD_OUT_FOR_LOGITS:
+            distances = held_out_features(standard[2], y, is_val, pseudo_seen[m], None, k, shrinkage, bank_size)
+            with_logits = torch.cat([distances, logit_features(val_logits[m], pseudo_seen[m])], 1)
+            target = pseudo_seen[m][y[is_val]]
+            if _logits_help(distances, with_logits, target):
+                gates.append(gate_from_features(standard, y, [with_logits], [target.float()], k, shrinkage, bank_size))
+                continue
+        seen_m = torch.zeros_like(pseudo_seen[m])
+        seen_m[y.unique()] = True
+        splits = class_holdouts(y, seen_m, holdout, 0.2, repeats, seed + m)
+        gates.append(gate_from_features(standard, y, *held_out_set(standard[2], y, splits, k, shrinkage, bank_size),
+                                        k, shrinkage, bank_size))
     return GateRouter(gates)
 
 
@@ -655,19 +678,14 @@ def fit_router_from_model(
     return router
 
 
-def _logits_help(
-    x: Matrix, y: torch.Tensor, is_val: torch.Tensor, pseudo: torch.Tensor, logits: torch.Tensor, k: int,
-    shrinkage: float, bank_size: int,
-) -> bool:
-    """Two-fold held-out AUC of the gate with and without logit features: True if higher with."""
-    _, _, z = standardised(x)
-    target = pseudo[y[is_val]]
+def _logits_help(distances: torch.Tensor, with_logits: torch.Tensor, target: torch.Tensor) -> bool:
+    """Two-fold held-out AUC of the gate on its distance features alone and with the logit
+    features (the same held-out samples, target (n,) bool): True if higher with."""
     fold = torch.arange(len(target)) % 2 == 0
     if any(t.all() or not t.any() for t in (target[fold], target[~fold])):
         return False
-    score, distances = {}, held_out_features(z, y, is_val, pseudo, None, k, shrinkage, bank_size)
-    for use in (False, True):  # the distances computed once: at 13x VGGSound each pass costs minutes
-        f = torch.cat([distances, logit_features(logits, pseudo)], 1) if use else distances
+    score = {}
+    for use, f in ((False, distances), (True, with_logits)):
         score[use] = 0.0
         for a in (fold, ~fold):
             mu, sd = f[a].mean(0), f[a].std(0).clamp_min(_EPS)
