@@ -368,8 +368,8 @@ def fit_gate(
     fitted on.
     """
     standard = standardised(x)
-    return gate_from_features(standard, labels, *held_out_set(standard[2], labels, held_out, k, shrinkage, bank_size),
-                              k, shrinkage, bank_size)
+    feats, targets = held_out_set(standard[2], labels, held_out, k, shrinkage, bank_size)
+    return gate_from_features(standard, labels, feats, targets, k, shrinkage, bank_size)
 
 
 def held_out_set(
@@ -657,8 +657,8 @@ def fit_router_with_logits(
         seen_m = torch.zeros_like(pseudo_seen[m])
         seen_m[y.unique()] = True
         splits = class_holdouts(y, seen_m, holdout, 0.2, repeats, seed + m)
-        gates.append(gate_from_features(standard, y, *held_out_set(standard[2], y, splits, k, shrinkage, bank_size),
-                                        k, shrinkage, bank_size))
+        feats, targets = held_out_set(standard[2], y, splits, k, shrinkage, bank_size)
+        gates.append(gate_from_features(standard, y, feats, targets, k, shrinkage, bank_size))
     return GateRouter(gates)
 
 
