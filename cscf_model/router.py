@@ -125,12 +125,19 @@ def mahalanobis_min(x: torch.Tensor, means: torch.Tensor, precision: torch.Tenso
     return d2.min(1).values.clamp_min(0).sqrt()
 
 
-def knn_mean_distance(x: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
-    """(B, d), (n, d) -> (B,): mean Euclidean distance to the k nearest rows of bank, `chunk`
-    rows of x at a time so that the (chunk, n) distance block bounds the memory."""
+def nearest(x: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> tuple[torch.Tensor, torch.Tensor]:
+    """(B, d), (n, d) -> distances (B, k) to the k nearest rows of bank (at most n) and their
+    indices, `chunk` rows of x at a time so that the (chunk, n) distance block bounds the memory."""
     k = min(k, len(bank))
-    return torch.cat([torch.cdist(part, bank).topk(k, dim=1, largest=False).values.mean(1)
-                      for part in x.split(chunk)]) if len(x) else x.new_zeros(0)
+    parts = [torch.cdist(part, bank).topk(k, dim=1, largest=False) for part in x.split(chunk)]
+    if not parts:
+        return x.new_zeros(0, k), torch.zeros(0, k, dtype=torch.long)
+    return torch.cat([p.values for p in parts]), torch.cat([p.indices for p in parts])
+
+
+def knn_mean_distance(x: torch.Tensor, bank: torch.Tensor, k: int, chunk: int = 4096) -> torch.Tensor:
+    """(B, d), (n, d) -> (B,): mean Euclidean distance to the k nearest rows of bank."""
+    return nearest(x, bank, k, chunk)[0].mean(1)
 
 
 def local_density_ratio(
@@ -143,12 +150,8 @@ def local_density_ratio(
     class as unseen (digits4: left's gate at 0.3 on a class it saw); on the development
     datasets' validation halves the ratio raised `all` on the three with three and four
     modalities by 1.2-1.5 points (docs/results/development)."""
-    k = min(k, len(bank))
-    out = []
-    for part in x.split(chunk):
-        dist, near = torch.cdist(part, bank).topk(k, dim=1, largest=False)
-        out.append(dist.mean(1) / bank_kdist[near].mean(1))
-    return torch.cat(out) if out else x.new_zeros(0)
+    dist, near = nearest(x, bank, k, chunk)
+    return dist.mean(1) / bank_kdist[near].mean(1)
 
 
 def bank_knn_distance(bank: torch.Tensor, k: int, chunk: int = 1024) -> torch.Tensor:
@@ -410,6 +413,15 @@ def gate_from_features(
                         base_rate=base_rate)
 
 
+def held_out_logits(f_fit: torch.Tensor, y_fit: torch.Tensor, f_score: torch.Tensor) -> torch.Tensor:
+    """A logistic gate fitted on features f_fit (n, F) with labels y_fit (n,), standardised
+    by their own mean and scale, and its logits on f_score (m, F): how a gate does on
+    samples it was not fitted on."""
+    mean, std = f_fit.mean(0), f_fit.std(0).clamp_min(_EPS)
+    w = fit_logistic((f_fit - mean) / std, y_fit.float())
+    return ((f_score - mean) / std) @ w[:-1] + w[-1]
+
+
 def out_of_fold_scaling(folds: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple[float, float]:
     """(a, b) for a gate fitted on all `folds` (features (n, F), labels (n,) per class
     hold-out): sigmoid(a * logit + b) is calibrated on classes the gate was not fitted on.
@@ -432,9 +444,7 @@ def out_of_fold_scaling(folds: list[tuple[torch.Tensor, torch.Tensor]]) -> tuple
         y = torch.cat([yo for i, (_, yo) in enumerate(folds) if i != r])
         if not len(y) or y.min() == y.max():
             continue
-        mean, std = f.mean(0), f.std(0).clamp_min(_EPS)
-        w = fit_logistic((f - mean) / std, y)
-        scores.append(((f_out - mean) / std) @ w[:-1] + w[-1])
+        scores.append(held_out_logits(f, y, f_out))
         labels.append(y_out)
     if not scores or torch.cat(labels).min() == torch.cat(labels).max():
         return 1.0, 0.0
@@ -688,9 +698,7 @@ def _logits_help(distances: torch.Tensor, with_logits: torch.Tensor, target: tor
     for use, f in ((False, distances), (True, with_logits)):
         score[use] = 0.0
         for a in (fold, ~fold):
-            mu, sd = f[a].mean(0), f[a].std(0).clamp_min(_EPS)
-            w = fit_logistic((f[a] - mu) / sd, target[a].float())
-            score[use] += auc(((f[~a] - mu) / sd) @ w[:-1], target[~a])
+            score[use] += auc(held_out_logits(f[a], target[a], f[~a]), target[~a])
     return score[True] > score[False]
 
 
