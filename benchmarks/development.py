@@ -12,7 +12,9 @@ seed serves every candidate: candidates differ in how the trained parts are comb
     ... --split test                                             # once, after the choice
 
 With `--split test` CSCF is also scored as `cscf run --validation FILE` makes it, FILE being
-the validation half (`CSCF --validation`): what labelled samples of a user's own buy.
+the validation half (`CSCF --validation`): what labelled samples of a user's own buy. On the
+validation split the same is measured within the validation half (validation_file_nested,
+`validation-file.json`), with and without the gate scaling `--validation` may choose.
 
 `{seed}` in a --data path is replaced by the seed (make_heterogeneous.py --seed N builds
 one ownership of the classes per seed). Trained models are cached under --workspace.
@@ -21,6 +23,7 @@ one ownership of the classes per seed). Trained models are cached under --worksp
 from __future__ import annotations
 
 import argparse
+import copy
 import dataclasses
 import json
 import sys
@@ -124,12 +127,35 @@ def score(model: CSCF, data: MMHCLData) -> dict[str, Any]:
     return {"scores": scores, "routing": routing, "ceiling": routing_ceiling(model, encoded, data)}
 
 
-def with_validation(model: CSCF, validation: MMHCLData) -> CSCF:
+def with_validation(model: CSCF, validation: MMHCLData, scale_gates: bool = True) -> CSCF:
     """`model` with the choices `cscf run --validation` makes on the samples of `validation`
-    (cscf_model.selection): each sample shows every modality it has, as a user's file would."""
+    (cscf_model.selection): each sample shows every modality it has, as a user's file would.
+    scale_gates=False: the same with the gates kept as trained."""
     test = validation.test
-    apply_selection(model, select_on_validation(model, encode_test(model, validation), test.available, test.labels))
+    apply_selection(model, select_on_validation(model, encode_test(model, validation), test.available, test.labels,
+                                                scale_gates=scale_gates))
     return model
+
+
+def validation_file_nested(model: CSCF, pseudo: dict[str, Any], half: MMHCLData, seed: int) -> dict[str, float]:
+    """`all` accuracy (percent) on the validation half `half` of CSCF, and of CSCF as `cscf run
+    --validation` makes it with and without scaling its gates: the half is cut in two per
+    class (carve), the choices are made on one quarter and scored on the other, both ways.
+    The validation-side evidence for what `--validation` chooses; the test half is not read."""
+    quarters = carve(half.test, seed + 1)
+    out = {}
+    for name, scale_gates in (("CSCF", None), ("--validation, gates as trained", False), ("--validation", True)):
+        correct = shown = 0.0
+        for fit, held in (("validation", "test"), ("test", "validation")):
+            chosen = candidates()["CSCF"](copy.deepcopy(model), pseudo)
+            if scale_gates is not None:
+                chosen = with_validation(chosen, part(half, quarters[fit]), scale_gates)
+            scored = part(half, quarters[held])
+            n = int(scored.test.available.all(1).sum())
+            correct += score(chosen, scored)["scores"]["all"] * n
+            shown += n
+        out[name] = correct / shown
+    return out
 
 
 def _print(name: str, candidate: str, got: dict[str, Any]) -> None:
@@ -189,6 +215,7 @@ def main(argv: list[str]) -> int:
     p.add_argument("--out", type=Path, help="write every figure as JSON here")
     args = p.parse_args(argv)
     results: dict[str, Any] = {}
+    nested: dict[str, dict[str, float]] = {}  # validation_file_nested, on the validation split
     for pattern in args.data:
         for seed in [int(s) for s in args.seeds.split(",")]:
             folder = Path(pattern.format(seed=seed))
@@ -203,6 +230,10 @@ def main(argv: list[str]) -> int:
             if args.split == "test":
                 variants["CSCF --validation"] = lambda model, pseudo: with_validation(
                     candidates()["CSCF"](model, pseudo), part(data, halves["validation"]))
+            else:
+                nested[ws.name] = validation_file_nested(model, pseudo, part(data, rows), seed)
+                print(f"{ws.name:24s} `all`, choices on one quarter scored on the other: "
+                      + "  ".join(f"{k} {v:.1f}" for k, v in nested[ws.name].items()), flush=True)
             for name, candidate in variants.items():
                 model.router.temperature = temperature.clone()
                 got = score(candidate(model, pseudo), part(data, rows)) | {"cosine_rule_unseen": cosine}
@@ -211,6 +242,8 @@ def main(argv: list[str]) -> int:
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / f"{args.split}.json").write_text(json.dumps(results, indent=1, default=float))
+        if nested:
+            (args.out / "validation-file.json").write_text(json.dumps(nested, indent=1))
     return 0
 
 

@@ -401,8 +401,7 @@ def gate_from_features(
         # round to 0 or 1, and log pi or log(1 - pi) would then be infinite
         weights, base_rate = fit_logistic((f - feat_mean) / feat_std, y), y.mean().clamp(_EPS, 1 - _EPS)
         if len(feats) > 1:
-            a, b = out_of_fold_scaling(list(zip(feats, targets)))
-            weights = torch.cat([weights[:-1] * a, weights[-1:] * a + b])
+            weights = scaled_weights(weights, *out_of_fold_scaling(list(zip(feats, targets))))
     else:  # too few samples to hold out both kinds: a gate with no evidence (g = pi = 1/2, ratio 1)
         weights, base_rate = torch.zeros(f.shape[1] + 1), torch.tensor(0.5)
     every = torch.arange(len(z))
@@ -411,6 +410,11 @@ def gate_from_features(
     return ModalityGate(k, bank_knn_distance(bank, k), in_mean=in_mean, in_std=in_std, class_means=means,
                         precision=precision, bank=bank, feat_mean=feat_mean, feat_std=feat_std, weights=weights,
                         base_rate=base_rate)
+
+
+def scaled_weights(weights: torch.Tensor, slope: float, shift: float) -> torch.Tensor:
+    """Logistic gate weights (F+1,) whose logit is slope * (the logit of `weights`) + shift."""
+    return torch.cat([weights[:-1] * slope, weights[-1:] * slope + shift])
 
 
 def held_out_logits(f_fit: torch.Tensor, y_fit: torch.Tensor, f_score: torch.Tensor) -> torch.Tensor:
@@ -617,6 +621,12 @@ class GateRouter(nn.Module):
         """(M, B) logits of g_m for every modality; logits (M, B, N) raw (uncalibrated)
         model logits, seen (M, N). Absent rows give values pattern_posterior masks out."""
         return torch.stack([gate(x, lo, s) for gate, x, lo, s in zip(self.gates, features, logits, seen)])
+
+    def rescale(self, slope: list[float], shift: list[float]) -> None:
+        """Every gate's logit becomes slope_m * logit + shift_m (selection.gate_scaling: Platt
+        scaling on labelled multimodal samples)."""
+        for gate, a, b in zip(self.gates, slope, shift):
+            gate.weights = scaled_weights(gate.weights, a, b)
 
     def posterior(self, gate_logit: torch.Tensor, present: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
         """gate_logit (M, B) from gate_logits, present (M, B), seen (M, N) -> P(sigma | x) (B, P)

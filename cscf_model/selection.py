@@ -1,10 +1,17 @@
 """Choices made on labelled validation samples (`cscf run --validation FILE`, CONTRACTS section 2).
 
-Without validation data, training settles three things by default or on training data
-alone: the fusion (the learned router's own, method CSCF = B+O+R), CSMF's top-k, and each
-modality's calibration margin (calibration.py, on pseudo-unseen training classes). Given
-labelled samples held out from training, they are chosen on those instead:
+Without validation data, training settles four things by default or on training data
+alone: how far each gate of the learned router is trusted (router.out_of_fold_scaling, on
+pseudo-unseen training classes), the fusion (the router's own, method CSCF = B+O+R), CSMF's
+top-k, and each modality's calibration margin (calibration.py, on pseudo-unseen training
+classes). Given labelled samples held out from training, they are chosen on those instead:
 
+- gate scaling (gate_scaling): each modality's gate logit Platt-scaled on the validation
+  samples that show the modality, labelled by whether it saw their class. Training data can
+  only hold out a few of a modality's own classes as "unseen"; validation samples are of the
+  classes it really never saw. Adopted when, fitted on one half of the samples and scored on
+  the other (both ways), it raises the accuracy of the model's own fusion on the samples
+  showing several modalities; the fusion below is then chosen with the scaled gates;
 - fusion, gate_mix and top-k: the router's fusion ("gate", B+O+R) under each way of mixing
   the gates of GATE_MIXES (router.expert_product, or the pattern posterior added to the mean
   logits: measured on the development datasets, each wins on some) or CSMF with the router
@@ -23,13 +30,14 @@ trained: validation data replaces a setting only when it says the change is bett
 from __future__ import annotations
 
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Iterator, Sequence
 
 import torch
 
 from .calibration import SeenUnseenCurve, harmonic_mean, margin_rule
 from .cscf import CSCF, Encoded
+from .router import fit_logistic
 
 TOP_K_GRID = (1, 2, 3, 5, 10)
 GATE_MIXES = ("product", "prior")
@@ -60,9 +68,25 @@ class MarginScore:
 
 
 @dataclass(frozen=True)
+class GateScaling:
+    """The gates' logits Platt-scaled on validation samples (logit -> slope * logit + shift, per
+    modality) and the model's own fusion with and without, cross-validated on the samples that
+    show several modalities."""
+
+    slopes: list[float]  # per modality, in model order; (1, 0) where a modality was not fitted
+    shifts: list[float]
+    seen_samples: list[int]  # per modality: validation samples showing it, of classes it saw
+    unseen_samples: list[int]  # ... of classes it did not see (both are needed to fit it)
+    accuracy_as_trained: float | None  # percent, on the same samples; None without them
+    accuracy_scaled: float | None
+    adopted: bool
+
+
+@dataclass(frozen=True)
 class Selection:
     """What `select_on_validation` chose, with the score of every candidate."""
 
+    gate_scaling: GateScaling
     fusion: str
     top_k: int
     gate_mix: str
@@ -75,28 +99,102 @@ class Selection:
 @torch.no_grad()
 def select_on_validation(
     model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor, top_ks: Sequence[int] = TOP_K_GRID,
-    gate_mixes: Sequence[str] = GATE_MIXES,
+    gate_mixes: Sequence[str] = GATE_MIXES, scale_gates: bool = True,
 ) -> Selection:
-    """Choose the fusion, its gate_mix, CSMF's top-k and every margin of a trained CSCF with its learned
-    router on validation samples: `encoded` by CSCF.encode (or encode_for_scoring) of their
-    features, present (B, M) bool the modalities each shows, labels (B,) class indices."""
+    """Choose the gates' scaling, the fusion, its gate_mix, CSMF's top-k and every margin of a trained
+    CSCF with its learned router on validation samples: `encoded` by CSCF.encode (or
+    encode_for_scoring) of their features, present (B, M) bool the modalities each shows, labels
+    (B,) class indices. scale_gates=False keeps the gates as trained whatever the samples say
+    (what the development benchmark compares the scaling against)."""
     if model.config.router != "gate" or model.router is None:
         raise ValueError('choosing on validation data needs a CSCF with its fitted learned router (router="gate")')
     multi = (present.sum(1) >= 2).nonzero().squeeze(1)
+    gates = gate_scaling(model, encoded, present, labels)
+    if not scale_gates:
+        gates = replace(gates, adopted=False)
+    if gates.adopted:
+        encoded = scaled_gates(encoded, gates.slopes, gates.shifts)
     on_multi = encoded.rows(multi), present[multi], labels[multi]
     scores = [FusionScore(fusion, top_k, mix, _fusion_accuracy(model, *on_multi, fusion, top_k, mix))
               for fusion, top_k, mix in _fusion_candidates(model, top_ks, gate_mixes)]
     best = _first_best(scores)
     margins = [_margin_score(model, m, encoded.raw[m][present[:, m]], labels[present[:, m]])
                for m in range(present.shape[1])]
-    return Selection(best.fusion, best.top_k or model.config.top_k, best.gate_mix or model.config.gate_mix,
+    return Selection(gates, best.fusion, best.top_k or model.config.top_k, best.gate_mix or model.config.gate_mix,
                      [s.chosen for s in margins], len(multi), scores, margins)
 
 
 def apply_selection(model: CSCF, selection: Selection) -> None:
-    """Give `model` the chosen settings: its config's fusion, top_k and gate_mix, and its margins."""
+    """Give `model` the chosen settings: its gates' scaling when adopted, its config's fusion,
+    top_k and gate_mix, and its margins."""
+    if selection.gate_scaling.adopted:
+        model.router.rescale(selection.gate_scaling.slopes, selection.gate_scaling.shifts)
     model.config = model.config.replace(fusion=selection.fusion, top_k=selection.top_k, gate_mix=selection.gate_mix)
     model.margin.copy_(torch.tensor(selection.margins))
+
+
+def gate_scaling(model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor) -> GateScaling:
+    """Platt scaling of every gate on all the validation samples, and whether it helps: the
+    same fitted on one half of the samples (alternate samples of each class) and scored on the
+    other, both ways, against the gates as trained, by the accuracy of the model's own fusion
+    on the samples that show several modalities. Adopted only when strictly better."""
+    slopes, shifts, n_seen, n_unseen = _platt_per_gate(model, encoded.gate_logit, present, labels)
+    half = _halves(labels)
+    multi = present.sum(1) >= 2
+    correct = {False: 0.0, True: 0.0}
+    for fit in (half, ~half):
+        rows = (~fit & multi).nonzero().squeeze(1)
+        if not len(rows):
+            continue
+        fitted = _platt_per_gate(model, encoded.gate_logit[:, fit], present[fit], labels[fit])
+        for scaled, enc in ((False, encoded.rows(rows)), (True, scaled_gates(encoded.rows(rows), *fitted[:2]))):
+            correct[scaled] += len(rows) * (_fusion_accuracy(model, enc, present[rows], labels[rows],
+                                                             model.config.fusion, None, None) or 0.0)
+    n_multi = int(multi.sum())
+    as_trained, scaled = ((correct[False] / n_multi, correct[True] / n_multi) if n_multi else (None, None))
+    adopted = n_multi > 0 and scaled > as_trained + _TIE
+    return GateScaling(slopes, shifts, n_seen, n_unseen, as_trained, scaled, adopted)
+
+
+def scaled_gates(encoded: Encoded, slopes: list[float], shifts: list[float]) -> Encoded:
+    """`encoded` with every gate logit m replaced by slopes[m] * logit + shifts[m]."""
+    gate_logit = encoded.gate_logit * torch.tensor(slopes)[:, None] + torch.tensor(shifts)[:, None]
+    return Encoded(encoded.raw, encoded.raw_k, gate_logit, encoded.entropies)
+
+
+def _platt_per_gate(
+    model: CSCF, gate_logit: torch.Tensor, present: torch.Tensor, labels: torch.Tensor
+) -> tuple[list[float], list[float], list[int], list[int]]:
+    """Per modality m, (slope, shift) such that sigmoid(slope * logit + shift) is P(m saw the
+    class) on the samples that show m at the base rate its gate was fitted at (router's pi_m,
+    which expert_product and pattern_posterior read), and how many of those samples are of
+    classes m saw and did not see. (1, 0) without both kinds. The slope is kept >= 0: a gate
+    that reads backwards on validation data loses its evidence, it is not turned around."""
+    slopes, shifts, n_seen, n_unseen = [], [], [], []
+    for m, (logit, shown) in enumerate(zip(gate_logit, present.T)):
+        saw = model.seen[m][labels[shown]].float()
+        n_seen.append(int(saw.sum()))
+        n_unseen.append(len(saw) - n_seen[-1])
+        if not n_seen[-1] or not n_unseen[-1]:
+            slopes.append(1.0)
+            shifts.append(0.0)
+            continue
+        rate = saw.mean()
+        a, b = fit_logistic(logit[shown][:, None], saw).tolist()
+        if a < 0:
+            a, b = 0.0, float(torch.logit(rate))
+        slopes.append(a)
+        shifts.append(b - float(torch.logit(rate)) + float(torch.logit(model.router.base_rate[m])))
+    return slopes, shifts, n_seen, n_unseen
+
+
+def _halves(labels: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: every other sample of each class, in their order."""
+    order = labels.argsort(stable=True)
+    rank = torch.empty_like(order)
+    rank[order] = torch.arange(len(order))
+    first = torch.searchsorted(labels[order], labels)  # where each sample's class starts in the sorted order
+    return (rank - first) % 2 == 0
 
 
 def _fusion_candidates(

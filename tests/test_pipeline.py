@@ -296,6 +296,7 @@ def test_validation_file_chooses_the_settings_that_model_report_and_predict_use(
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from cscf_model.router import scaled_weights
     from flows.cli import main
     from tasks.store.model_file import load_model
     from tiny_data import tiny_rows
@@ -323,7 +324,10 @@ def test_validation_file_chooses_the_settings_that_model_report_and_predict_use(
     assert {m: (s["seen_samples"], s["unseen_samples"]) for m, s in candidates["margins"].items()} == {
         "audio": (12, 12), "video": (12, 12)}  # halves: each modality saw 3 of the 6 classes
     assert json.loads((out / "metrics.json").read_text())["diagnostics"]["validation_choices"] == record
-    assert "## Choices made on validation data" in (out / "report.md").read_text()
+    report = (out / "report.md").read_text()
+    assert "## Choices made on validation data" in report
+    assert ("Router gates: scaled as below" if candidates["gate_scaling"]["adopted"] else
+            "Router gates: kept as trained (the scaling below was fitted, not adopted)") in report
     assert "chosen on validation data: " in printed
     # the exported model is the trained one with the choices applied, and nothing else changed
     chosen, before = record["chosen"], load_model(root / "out" / "model").model
@@ -333,8 +337,17 @@ def test_validation_file_chooses_the_settings_that_model_report_and_predict_use(
     assert after.margin.tolist() == [chosen["margins"][m] for m in ("audio", "video")]
     assert [chosen["margins"][m] != s["trained"] for m, s in candidates["margins"].items()] == [
         s["from_validation"] for s in candidates["margins"].values()]
+    # the router's gates change only where their scaling was adopted, and then as recorded
+    gates = candidates["gate_scaling"]
+    scaled = {f"router.gates.{m}.weights" for m in range(2)} if gates["adopted"] else set()
+    assert chosen["gate_scaling"] == ({m: {"slope": g["slope"], "shift": g["shift"]} for m, g in
+                                       gates["per_modality"].items()} if gates["adopted"] else None)
+    for m, name in enumerate(("audio", "video")):
+        g = gates["per_modality"][name] if gates["adopted"] else {"slope": 1.0, "shift": 0.0}
+        assert torch.allclose(after.router.gates[m].weights,
+                              scaled_weights(before.router.gates[m].weights, g["slope"], g["shift"]))
     same = before.state_dict()
-    assert all(torch.equal(t, same[k]) for k, t in after.state_dict().items() if k != "margin")
+    assert all(torch.equal(t, same[k]) for k, t in after.state_dict().items() if k not in scaled | {"margin"})
     predictions = tmp_path / "predicted.parquet"
     assert main(["predict", "--model", str(out / "model"), "--features", str(validation), "--out", str(predictions),
                  "--workspace", str(root / "ws")]) == 0

@@ -267,6 +267,18 @@ def test_gate_fitted_on_several_holdouts_is_scaled_out_of_fold(monkeypatch: pyte
     assert torch.allclose(scaled(x, None, seen), 0.5 * fitted(x, None, seen) - 0.25, atol=1e-5)
 
 
+def test_rescaling_a_router_scales_every_gates_logit() -> None:
+    x, y = clusters(4, 20, 3, seed=6)
+    seen = torch.ones(4, dtype=torch.bool)
+    router = GateRouter([fit_gate(x, y, class_holdouts(y, seen, 0.5, 0.2, 2, seed=m)) for m in range(2)])
+    before = [gate(x, None, seen) for gate in router.gates]
+    router.rescale([0.5, 2.0], [-0.25, 1.0])
+    after = [gate(x, None, seen) for gate in router.gates]
+    assert torch.allclose(after[0], 0.5 * before[0] - 0.25, atol=1e-5)
+    assert torch.allclose(after[1], 2.0 * before[1] + 1.0, atol=1e-5)
+    assert torch.equal(router_from_state(router.state_dict(), "").gates[1].weights, router.gates[1].weights)
+
+
 def clusters(n_classes: int, per_class: int, dim: int, seed: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     centres = 6 * torch.randn(n_classes, dim, generator=g)

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from cscf_model import Encoded, create_model
-from cscf_model.router import pattern_posterior
-from cscf_model.selection import FusionScore, apply_selection, select_on_validation
+from cscf_model.router import GateRouter, ModalityGate
+from cscf_model.selection import FusionScore, apply_selection, scaled_gates, select_on_validation
 
 # Three classes, modality A saw class 0, B saw classes 1 and 2. Class vectors: c0 = e0,
 # c1 = e1, c2 = (e0 + e1)/sqrt 2, so cos(c2, c0) = cos(c2, c1) = 0.707 and cos(c0, c1) = 0.
@@ -23,30 +23,32 @@ CLASS_EMB = torch.tensor([[1.0, 0.0], [0.0, 1.0], [1.0, 1.0]])
 GATES = [math.log(3.0), 0.0]
 
 
-class FixedRouter:
-    """The learned router's combination rule (router.pattern_posterior) on the gate logits the
-    test gives, at base rates 1/2: what CSCF.route reads from a fitted router; unit evidence
-    weights and temperatures for the product of experts (router.expert_product)."""
+def fixed_router(base_rates: tuple[float, float] = (0.5, 0.5)) -> GateRouter:
+    """A learned router whose gates the tests never evaluate (they give the gate logits): what
+    CSCF.route and the product of experts read from it are the base rates (1/2 unless given),
+    unit evidence weights and unit temperatures."""
+    def gate(base_rate: float) -> ModalityGate:
+        return ModalityGate(1, in_mean=torch.zeros(2), in_std=torch.ones(2), class_means=torch.zeros(1, 2),
+                            precision=torch.eye(2), bank=torch.zeros(1, 2), feat_mean=torch.zeros(2),
+                            feat_std=torch.ones(2), weights=torch.zeros(3), base_rate=torch.tensor(base_rate))
+    return GateRouter([gate(r) for r in base_rates])
 
-    base_rate, weight, temperature = torch.full((2,), 0.5), torch.ones(2), torch.ones(2)
 
-    def posterior(self, gate_logit: torch.Tensor, present: torch.Tensor, seen: torch.Tensor) -> torch.Tensor:
-        return pattern_posterior(gate_logit, present, seen, torch.full((len(seen),), 0.5))
-
-
-def make_model(margins: tuple[float, float] = (0.0, 0.0), **config: object):
+def make_model(margins: tuple[float, float] = (0.0, 0.0), base_rates: tuple[float, float] = (0.5, 0.5),
+               **config: object):
     # the router's fusion as the pattern posterior plus the mean logits ("prior"): the
     # accuracies below are worked out for it
     model = create_model("CSCF", [2, 2], CLASS_EMB, SEEN, **{"gate_mix": "prior", **config}).eval()
-    model.router = FixedRouter()
+    model.router = fixed_router(base_rates)
     model.margin.copy_(torch.tensor(margins))
     return model
 
 
-def encoded(raw: list[list[list[float]]]) -> Encoded:
-    """Per sample, the two modalities' raw logits; the same gate logits for every sample."""
+def encoded(raw: list[list[list[float]]], gates: list[list[float]] | None = None) -> Encoded:
+    """Per sample, the two modalities' raw logits and gate logits (GATES for every sample unless given)."""
     raw_t = torch.tensor(raw, dtype=torch.float32).transpose(0, 1)  # (B, M, N) -> (M, B, N)
-    return Encoded(raw_t, None, torch.tensor(GATES)[:, None].expand(2, raw_t.shape[1]).clone())
+    gate_logit = torch.tensor(GATES)[:, None].expand(2, raw_t.shape[1]) if gates is None else torch.tensor(gates).T
+    return Encoded(raw_t, None, gate_logit.float().clone())
 
 
 BOTH = [True, True]
@@ -114,6 +116,76 @@ def test_the_product_of_experts_is_chosen_where_it_is_right_and_the_pattern_prio
     assert model.fuse(*sample[:2]).fused.argmax(-1).tolist() == [1]  # the model as trained: prior
     apply_selection(model, sel)
     assert model.config.gate_mix == "product" and model.fuse(*sample[:2]).fused.argmax(-1).tolist() == [0]
+
+
+# Two samples of class 0 (A saw it) and two of class 1 (B saw it), both modalities shown, all
+# logits 0 but B's (0, 1, 0) on class 1. A's gate reads 5 on class 0 and 3 on class 1: it
+# ranks them right and says "seen" on both. B's gate reads 0 throughout.
+GATE_RAW = [[[0, 0, 0], [0, 0, 0]]] * 2 + [[[0, 0, 0], [0, 1, 0]]] * 2
+GATE_LOGITS = [[5.0, 0.0], [5.0, 0.0], [3.0, 0.0], [3.0, 0.0]]
+GATE_LABELS = torch.tensor([0, 0, 1, 1])
+
+
+def test_gates_scaled_on_validation_data_are_adopted_where_they_decide_better() -> None:
+    # As trained ("prior"): P(A-only) / P(B-only) = (1/3) / (2/3) * e^(g_A) (g_B = 0, base rates
+    # 1/2), on class 1 sigmoid(3 - ln 2) = 0.909: class 0 scores ln 0.909 = -0.10, class 1
+    # 0.5 + ln 0.091 = -1.90, wrong; class 0 is right. 50%.
+    # Platt on A's logits (5, 5, 3, 3) against (seen, seen, unseen, unseen): separable, so the
+    # slope is what the l2 term allows and the boundary sits midway: shift = -4 * slope. At the
+    # validation rate 1/2 = the base rate, the shift needs no prior correction. B's logit is 0
+    # on all four: no slope, shift logit(1/2) = 0. Each half (one sample of each class) fits
+    # the same, and scaled gates get class 1 right: 100% against 50%, adopted.
+    model = make_model()
+    present = torch.tensor([BOTH] * 4)
+    sel = select_on_validation(model, encoded(GATE_RAW, GATE_LOGITS), present, GATE_LABELS, top_ks=(), gate_mixes=())
+    gates = sel.gate_scaling
+    assert (gates.accuracy_as_trained, gates.accuracy_scaled, gates.adopted) == (50.0, 100.0, True)
+    assert gates.slopes[0] > 2 and gates.shifts[0] == pytest.approx(-4 * gates.slopes[0], rel=1e-3)
+    assert (gates.slopes[1], gates.shifts[1]) == (0.0, pytest.approx(0.0, abs=1e-6))
+    assert (gates.seen_samples, gates.unseen_samples) == ([2, 2], [2, 2])
+    assert sel.fusion_scores == [FusionScore("gate", None, "prior", 100.0)]  # judged with the scaled gates
+    apply_selection(model, sel)
+    assert torch.allclose(model.router.gates[0].weights, torch.tensor([0.0, 0.0, gates.shifts[0]]))
+
+
+def test_gate_scaling_needs_both_kinds_of_samples_and_a_gain() -> None:
+    # only class 0: A has no unseen samples, B no seen ones, so neither is fitted (1, 0), the
+    # gates score as trained and the tie keeps them
+    model = make_model()
+    sel = select_on_validation(model, encoded(GATE_RAW[:2], GATE_LOGITS[:2]), torch.tensor([BOTH] * 2),
+                               GATE_LABELS[:2], top_ks=(), gate_mixes=())
+    assert (sel.gate_scaling.slopes, sel.gate_scaling.shifts) == ([1.0, 1.0], [0.0, 0.0])
+    assert (sel.gate_scaling.unseen_samples[0], sel.gate_scaling.seen_samples[1]) == (0, 0)
+    assert not sel.gate_scaling.adopted
+    apply_selection(model, sel)
+    assert torch.equal(model.router.gates[0].weights, torch.zeros(3))
+
+
+def test_platt_scaling_moves_a_gate_to_its_base_rate_and_never_reverses_it() -> None:
+    # A's logit +1 on four samples, 3 of class 0 (seen by A), and -1 on four, 1 of class 0:
+    # sigmoid(a + b) = 3/4 and sigmoid(-a + b) = 1/4 give a = ln 3, b = 0; the l2 term 1e-3 a^2
+    # takes 2e-3 ln 3 / (3/16) = 0.0117 off a (3/16 = sigma(1 - sigma) x^2 there). A's gate was fitted at base rate 0.2, the validation rate is 1/2:
+    # shift = b - logit(1/2) + logit(0.2) = -ln 4. The same logits read backwards (3 of class 0
+    # at -1) give a = -ln 3: the slope is kept at 0 and the shift is logit(1/2) - logit(1/2) +
+    # logit(0.2) = -ln 4, the gate's base rate with no evidence.
+    labels = torch.tensor([0, 0, 0, 1, 0, 1, 1, 1])
+    logits = [[1.0, 0.0]] * 4 + [[-1.0, 0.0]] * 4
+    present = torch.tensor([[True, False]] * 8)  # one modality shown: no fusion to judge, nothing adopted
+    raw = [[[0, 0, 0], [0, 0, 0]]] * 8
+    gates = select_on_validation(make_model(base_rates=(0.2, 0.5)), encoded(raw, logits), present, labels).gate_scaling
+    assert gates.slopes[0] == pytest.approx(math.log(3) - 2e-3 * math.log(3) / (3 / 16), abs=1e-3)
+    assert gates.shifts[0] == pytest.approx(-math.log(4), abs=0.01)
+    assert not gates.adopted and gates.accuracy_scaled is None
+    backwards = [[-v, 0.0] for v, _ in logits]
+    gates = select_on_validation(make_model(base_rates=(0.2, 0.5)), encoded(raw, backwards), present,
+                                 labels).gate_scaling
+    assert gates.slopes[0] == 0.0 and gates.shifts[0] == pytest.approx(-math.log(4), abs=1e-5)
+
+
+def test_scaled_gates_change_only_the_gate_logits() -> None:
+    enc = encoded(GATE_RAW, GATE_LOGITS)
+    out = scaled_gates(enc, [2.0, 1.0], [-1.0, 0.5])
+    assert out.gate_logit.tolist() == [[9.0, 9.0, 5.0, 5.0], [0.5] * 4] and out.raw is enc.raw
 
 
 # Modality A alone (B absent). Sample 0, class 0 (A saw it): A = (3, 0, 0), gap best seen - best

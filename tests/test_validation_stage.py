@@ -14,7 +14,7 @@ import pytest
 import torch
 
 from cscf_model import create_model
-from cscf_model.selection import FusionScore, MarginScore, Selection
+from cscf_model.selection import FusionScore, GateScaling, MarginScore, Selection
 from tasks.store.model_file import META, WEIGHTS, checksums, load_model, save_model
 from tasks.store.model_json import ModelFileError
 from tasks.training.validation import ValidationSamples, read_validation, validation_record
@@ -39,7 +39,8 @@ def test_bad_rows_are_set_aside_by_the_features_rules_and_the_models(tmp_path: P
 
 
 def _selection(margins: list[float]) -> Selection:
-    return Selection("gate", 3, "product", margins, 4,
+    gates = GateScaling([0.5, 1.0], [-0.25, 0.0], [3, 2], [1, 0], 50.0, 75.0, True)  # video: no unseen samples
+    return Selection(gates, "gate", 3, "product", margins, 4,
                      [FusionScore("gate", None, "product", 75.0), FusionScore("csmf", 1, None, 50.0)],
                      [MarginScore(0.5, m, True, 2, 2, (100.0, 0.0), (100.0, 50.0)) for m in margins])
 
@@ -68,8 +69,10 @@ def test_model_json_records_the_choices_and_refuses_a_record_of_another_model(tm
     record = validation_record(_selection([1.5, 2.5]), MODALITIES, "0" * 64, samples)
     folder = _folder(tmp_path, record)
     meta = load_model(folder).meta
-    assert meta["validation"]["chosen"] == {"fusion": "gate", "top_k": 3, "gate_mix": "product",
-                                            "margins": {"audio": 1.5, "video": 2.5}}
+    assert meta["validation"]["chosen"] == {
+        "fusion": "gate", "top_k": 3, "gate_mix": "product", "margins": {"audio": 1.5, "video": 2.5},
+        "gate_scaling": {"audio": {"slope": 0.5, "shift": -0.25}, "video": {"slope": 1.0, "shift": 0.0}}}
+    assert meta["validation"]["candidates"]["gate_scaling"]["per_modality"]["video"]["unseen_samples"] == 0
     assert meta["validation"]["samples"] == 4 and "validation" in meta["checksums"][META]
     _edit(folder, lambda m: m["validation"]["chosen"].update(top_k=2))
     with pytest.raises(ModelFileError, match=r"field 'validation.chosen': fusion 'gate' and top_k 2 differ"):
@@ -82,6 +85,12 @@ def test_model_json_records_the_choices_and_refuses_a_record_of_another_model(tm
     _edit(folder, lambda m: m["validation"]["chosen"].update(top_k=3, margins={"audio": 1.5, "video": 0.0}))
     with pytest.raises(ModelFileError, match=r"'validation.chosen.margins': differ from the field 'calibration'"):
         load_model(folder)
+    _edit(folder, lambda m: m["validation"]["chosen"].update(margins={"audio": 1.5, "video": 2.5},
+                                                             gate_scaling={"audio": {"slope": 1.0, "shift": 0.0}}))
+    with pytest.raises(ModelFileError, match=r"'validation.chosen.gate_scaling': expected one entry per modality"):
+        load_model(folder)
+    _edit(folder, lambda m: m["validation"]["chosen"].update(gate_scaling=None))  # gates kept as trained
+    assert load_model(folder).meta["validation"]["chosen"]["gate_scaling"] is None
     _edit(folder, lambda m: m["validation"].pop("candidates"))
     with pytest.raises(ModelFileError, match=r"'validation.candidates': missing"):
         load_model(folder)

@@ -247,6 +247,7 @@ def render_validation(diagnostics: dict[str, Any]) -> str:
 
 `--validation` (sha256 {record['file_sha256'][:16]}, {record['samples']} samples; rows set aside: {rejected})
 chose these settings instead of the defaults; CSCF and the ablations on its weights use them.
+{_gate_scaling_text(candidates.get("gate_scaling"))}
 Fusion: {fusion_name(chosen['fusion'], chosen['top_k'], chosen.get('gate_mix'))}, by top-1 accuracy (%) on the
 {candidates['multimodal_samples']} validation samples showing two or more modalities (a tie keeps the model as trained):
 
@@ -260,6 +261,25 @@ unseen classes, or on a tie. Accuracies in percent.
 """
 
 
+def _gate_scaling_text(record: dict[str, Any] | None) -> str:
+    """The gate scaling part of render_validation (nothing for records from before it)."""
+    if not record:
+        return ""
+    table = markdown_table(["Modality", "slope", "shift", "seen / unseen samples"], [
+        [m, f"{g['slope']:.3g}", f"{g['shift']:.3g}", f"{g['seen_samples']} / {g['unseen_samples']}"]
+        for m, g in record["per_modality"].items()])
+    verdict = "scaled as below" if record["adopted"] else "kept as trained (the scaling below was fitted, not adopted)"
+    return f"""
+Router gates: {verdict}. Each gate's logit Platt-scaled on the samples showing its modality
+(logit -> slope * logit + shift; 1 and 0 without samples of both seen and unseen classes),
+adopted only when it raised the fusion's accuracy on the samples showing several modalities,
+fitted on one half of them and scored on the other, both ways: {_fmt(record['accuracy_as_trained'])} as trained,
+{_fmt(record['accuracy_scaled'])} scaled.
+
+{table}
+"""
+
+
 def validation_line(diagnostics: dict[str, Any]) -> list[str]:
     """The run summary's line on the choices made on `--validation` data (none without it)."""
     chosen = (diagnostics.get("validation_choices") or {}).get("chosen")
@@ -267,7 +287,8 @@ def validation_line(diagnostics: dict[str, Any]) -> list[str]:
         return []
     margins = ", ".join(f"{m} {t:.4g}" for m, t in chosen["margins"].items())
     fusion = fusion_name(chosen["fusion"], chosen["top_k"], chosen.get("gate_mix"))
-    return [f"chosen on validation data: {fusion}; margins {margins}"]
+    gates = "gates rescaled; " if chosen.get("gate_scaling") else ""
+    return [f"chosen on validation data: {gates}{fusion}; margins {margins}"]
 
 
 def overlapping(metrics: dict[str, Any]) -> bool:

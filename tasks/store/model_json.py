@@ -112,6 +112,13 @@ def _check_validation(
     _margins(chosen["margins"], "validation.chosen.margins", modalities, fail)
     if chosen["margins"] != calibration:
         fail("validation.chosen.margins", "differ from the field 'calibration'")
+    if chosen.get("gate_scaling") is not None:  # absent before gates were scaled on validation data; null: kept
+        if _kind(chosen["gate_scaling"]) != "an object":
+            fail("validation.chosen.gate_scaling", f"expected an object or null, got {_kind(chosen['gate_scaling'])}")
+        scaling = _per_modality(chosen["gate_scaling"], "validation.chosen.gate_scaling", modalities, fail)
+        for name, fit in scaling.items():
+            _check_fields(fit, {"slope": "a number", "shift": "a number"}, f"validation.chosen.gate_scaling.{name}",
+                          fail)
     candidates = record["candidates"]
     _check_fields(candidates, {"multimodal_samples": "a number", "fusion": "a list", "margins": "an object"},
                   "validation.candidates", fail)

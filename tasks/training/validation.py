@@ -6,7 +6,8 @@ the features stage's reader and bad-row rules, plus the model's own: a modality 
 does not know or a vector not of the model's length for it. Each bad row is set aside,
 counted in the log with example ids, and recorded; only a file with nothing usable left
 stops the run. The trained CSCF encodes the samples once; cscf_model.selection chooses the
-fusion, its gate mix, CSMF's top-k and each modality's margin on them; `<key>.pt` is the train stage's
+scaling of the router's gates, the fusion, its gate mix, CSMF's top-k and each modality's
+margin on them; `<key>.pt` is the train stage's
 checkpoint with those settings and a `validation` record of what was chosen from which
 candidates (validation_record). Evaluation scores that checkpoint, `--out` exports it
 (model.json `validation`), so report, metrics and `cscf predict` all use the choices.
@@ -114,20 +115,28 @@ def validation_record(selection: Selection, modalities: list[str], file_sha256: 
     """What the chosen model records (checkpoint, model.json `validation`, metrics.json
     diagnostics `validation_choices`): the file, its usable samples and rejected rows, the
     choices, and every candidate's score on the validation samples."""
+    gates = selection.gate_scaling
     return {
         "file_sha256": file_sha256,
         "samples": len(samples.labels),
         "rejected_rows": samples.rejected,
         "chosen": {"fusion": selection.fusion, "top_k": selection.top_k, "gate_mix": selection.gate_mix,
-                   "margins": dict(zip(modalities, selection.margins))},
+                   "margins": dict(zip(modalities, selection.margins)),
+                   "gate_scaling": {m: {"slope": a, "shift": b} for m, a, b in zip(modalities, gates.slopes, gates.shifts)}
+                   if gates.adopted else None},
         "candidates": {"multimodal_samples": selection.multimodal_samples,
+                       "gate_scaling": {"accuracy_as_trained": gates.accuracy_as_trained,
+                                        "accuracy_scaled": gates.accuracy_scaled, "adopted": gates.adopted,
+                                        "per_modality": {m: {"slope": a, "shift": b, "seen_samples": s, "unseen_samples": u}
+                                                         for m, a, b, s, u in zip(modalities, gates.slopes, gates.shifts,
+                                                                                  gates.seen_samples, gates.unseen_samples)}},
                        "fusion": [asdict(s) for s in selection.fusion_scores],
                        "margins": {m: asdict(s) for m, s in zip(modalities, selection.margin_scores)}},
     }
 
 
 def build_validation(workspace: Path, key: str, validation: str, train_key: str) -> None:
-    """Choose CSCF's fusion, gate mix, top-k and margins on the validation file; write `<key>.pt`, the
+    """Choose CSCF's gate scaling, fusion, gate mix, top-k and margins on the validation file; write `<key>.pt`, the
     train stage's checkpoint `train_key` with the choices applied and recorded."""
     path = Path(validation)
     checkpoint = load_checkpoint(catalog.stage_output(workspace, "train", train_key, ".pt"))
@@ -138,11 +147,13 @@ def build_validation(workspace: Path, key: str, validation: str, train_key: str)
     apply_selection(model, selection)
     checkpoint["config"] = model.config.to_dict()
     checkpoint["model"]["margin"] = model.margin.clone()
+    checkpoint["model"].update({f"router.{k}": v for k, v in model.router.state_dict().items()})
     checkpoint["validation"] = validation_record(selection, modalities, hashlib.sha256(path.read_bytes()).hexdigest(),
                                                  samples)
-    log.info("%s: %d samples (%d showing several modalities): fusion %s, top-k %d, gate mix %s, margins %s "
-             "(chosen on validation data)", path, len(samples.labels), selection.multimodal_samples, selection.fusion,
-             selection.top_k, selection.gate_mix, dict(zip(modalities, selection.margins)))
+    log.info("%s: %d samples (%d showing several modalities): gates %s, fusion %s, top-k %d, gate mix %s, "
+             "margins %s (chosen on validation data)", path, len(samples.labels), selection.multimodal_samples,
+             "rescaled" if selection.gate_scaling.adopted else "as trained", selection.fusion, selection.top_k,
+             selection.gate_mix, dict(zip(modalities, selection.margins)))
     with catalog.atomic_path(catalog.stage_output(workspace, "validate", key, ".pt")) as tmp:
         torch.save(checkpoint, tmp)
 
