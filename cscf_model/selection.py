@@ -138,15 +138,15 @@ def gate_scaling(model: CSCF, encoded: Encoded, present: torch.Tensor, labels: t
     same fitted on one half of the samples (alternate samples of each class) and scored on the
     other, both ways, against the gates as trained, by the accuracy of the model's own fusion
     on the samples that show several modalities. Adopted only when strictly better."""
-    slopes, shifts, n_seen, n_unseen = _platt_per_gate(model, encoded.gate_logit, present, labels)
-    half = _halves(labels)
+    slopes, shifts, n_seen, n_unseen = platt_scaling(model, encoded.gate_logit, present, labels)
+    half = alternate_halves(labels)
     multi = present.sum(1) >= 2
     correct = {False: 0.0, True: 0.0}
     for fit in (half, ~half):
         rows = (~fit & multi).nonzero().squeeze(1)
         if not len(rows):
             continue
-        fitted = _platt_per_gate(model, encoded.gate_logit[:, fit], present[fit], labels[fit])
+        fitted = platt_scaling(model, encoded.gate_logit[:, fit], present[fit], labels[fit])
         for scaled, enc in ((False, encoded.rows(rows)), (True, scaled_gates(encoded.rows(rows), *fitted[:2]))):
             correct[scaled] += len(rows) * (_fusion_accuracy(model, enc, present[rows], labels[rows],
                                                              model.config.fusion, None, None) or 0.0)
@@ -162,7 +162,7 @@ def scaled_gates(encoded: Encoded, slopes: list[float], shifts: list[float]) -> 
     return Encoded(encoded.raw, encoded.raw_k, gate_logit, encoded.entropies)
 
 
-def _platt_per_gate(
+def platt_scaling(
     model: CSCF, gate_logit: torch.Tensor, present: torch.Tensor, labels: torch.Tensor
 ) -> tuple[list[float], list[float], list[int], list[int]]:
     """Per modality m, (slope, shift) such that sigmoid(slope * logit + shift) is P(m saw the
@@ -188,7 +188,7 @@ def _platt_per_gate(
     return slopes, shifts, n_seen, n_unseen
 
 
-def _halves(labels: torch.Tensor) -> torch.Tensor:
+def alternate_halves(labels: torch.Tensor) -> torch.Tensor:
     """(B,) bool: every other sample of each class, in their order."""
     order = labels.argsort(stable=True)
     rank = torch.empty_like(order)

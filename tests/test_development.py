@@ -9,6 +9,7 @@ from pathlib import Path
 import torch
 
 from benchmarks.development import carve, main, part, prepare
+from benchmarks.gate_bound import main as gate_bound_main
 from tiny_data import HETERO_CLASSES, hetero_rows, write_dataset
 
 
@@ -43,3 +44,23 @@ def test_harness_scores_every_candidate_on_the_split_asked_for(tmp_path: Path) -
     for got in (val["CSCF"], test["CSCF"]):
         assert 0 <= got["scores"]["all"] <= 100 and got["ceiling"]["all"] is not None
     assert val["CSCF"]["scores"] != test["CSCF"]["scores"]  # two halves, two sets of samples
+    nested = json.loads((tmp_path / "out" / "validation-file.json").read_text())["hetero-s0"]
+    assert set(nested) == {"CSCF", "--validation, gates as trained", "--validation"}
+    assert all(0 <= v <= 100 for v in nested.values())
+
+
+def test_gate_bound_scores_the_validation_half_as_the_harness_does(tmp_path: Path) -> None:
+    folder = tmp_path / "hetero-s0"
+    write_dataset(folder, hetero_rows(), HETERO_CLASSES)
+    common = ["--data", str(tmp_path / "hetero-s{seed}"), "--seeds", "0", "--epochs", "2",
+              "--workspace", str(tmp_path / "ws")]
+    assert main([*common, "--out", str(tmp_path / "out")]) == 0
+    assert gate_bound_main([*common, "--json", str(tmp_path / "bound.json")]) == 0
+    bound = json.loads((tmp_path / "bound.json").read_text())["hetero-s0"]
+    harness = json.loads((tmp_path / "out" / "validation.json").read_text())["hetero-s0"]["CSCF"]
+    # the same trained model on the same samples: CSCF and its ceiling as the harness scored them
+    assert bound["CSCF"] == harness["scores"]["all"] and bound["routing ceiling"] == harness["ceiling"]["all"]
+    modalities = {k for k in bound if k.startswith("oracle gate: ")}
+    assert modalities == {f"oracle gate: {m}" for m in ("audio", "text", "video")} and {"oracle gates: every modality", "Platt-scaled on validation samples",
+                                     "refitted on validation samples"} <= set(bound)
+    assert all(0 <= v <= 100 for v in bound.values())
