@@ -12,7 +12,7 @@ import torch
 
 from cscf_model import Encoded, create_model
 from cscf_model.router import GateRouter, ModalityGate
-from cscf_model.selection import FusionScore, apply_selection, scaled_gates, select_on_validation
+from cscf_model.selection import FusionScore, alternate_halves, apply_selection, scaled_gates, select_on_validation
 
 # Three classes, modality A saw class 0, B saw classes 1 and 2. Class vectors: c0 = e0,
 # c1 = e1, c2 = (e0 + e1)/sqrt 2, so cos(c2, c0) = cos(c2, c1) = 0.707 and cos(c0, c1) = 0.
@@ -180,6 +180,11 @@ def test_platt_scaling_moves_a_gate_to_its_base_rate_and_never_reverses_it() -> 
     gates = select_on_validation(make_model(base_rates=(0.2, 0.5)), encoded(raw, backwards), present,
                                  labels).gate_scaling
     assert gates.slopes[0] == 0.0 and gates.shifts[0] == pytest.approx(-math.log(4), abs=1e-5)
+
+
+def test_alternate_halves_split_every_class_in_turn() -> None:
+    # class 1 at positions 0, 2, 3 -> first, second, first; class 0 at 1, 4 -> first, second
+    assert alternate_halves(torch.tensor([1, 0, 1, 1, 0])).tolist() == [True, True, False, True, False]
 
 
 def test_scaled_gates_change_only_the_gate_logits() -> None:
