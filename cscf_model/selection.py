@@ -141,19 +141,21 @@ def gate_scaling(model: CSCF, encoded: Encoded, present: torch.Tensor, labels: t
     slopes, shifts, n_seen, n_unseen = platt_scaling(model, encoded.gate_logit, present, labels)
     half = alternate_halves(labels)
     multi = present.sum(1) >= 2
-    correct = {False: 0.0, True: 0.0}
+    correct_as_trained = correct_scaled = 0.0
     for fit in (half, ~half):
         rows = (~fit & multi).nonzero().squeeze(1)
         if not len(rows):
             continue
-        fitted = platt_scaling(model, encoded.gate_logit[:, fit], present[fit], labels[fit])
-        for scaled, enc in ((False, encoded.rows(rows)), (True, scaled_gates(encoded.rows(rows), *fitted[:2]))):
-            correct[scaled] += len(rows) * (_fusion_accuracy(model, enc, present[rows], labels[rows],
-                                                             model.config.fusion, None, None) or 0.0)
+        fitted_slopes, fitted_shifts, _, _ = platt_scaling(model, encoded.gate_logit[:, fit], present[fit], labels[fit])
+        held_out = encoded.rows(rows)
+        correct_as_trained += len(rows) * _own_fusion_accuracy(model, held_out, present[rows], labels[rows])
+        correct_scaled += len(rows) * _own_fusion_accuracy(
+            model, scaled_gates(held_out, fitted_slopes, fitted_shifts), present[rows], labels[rows])
     n_multi = int(multi.sum())
-    as_trained, scaled = ((correct[False] / n_multi, correct[True] / n_multi) if n_multi else (None, None))
-    adopted = n_multi > 0 and scaled > as_trained + _TIE
-    return GateScaling(slopes, shifts, n_seen, n_unseen, as_trained, scaled, adopted)
+    if not n_multi:
+        return GateScaling(slopes, shifts, n_seen, n_unseen, None, None, False)
+    as_trained, scaled = correct_as_trained / n_multi, correct_scaled / n_multi
+    return GateScaling(slopes, shifts, n_seen, n_unseen, as_trained, scaled, scaled > as_trained + _TIE)
 
 
 def scaled_gates(encoded: Encoded, slopes: list[float], shifts: list[float]) -> Encoded:
@@ -195,6 +197,11 @@ def alternate_halves(labels: torch.Tensor) -> torch.Tensor:
     rank[order] = torch.arange(len(order))
     first = torch.searchsorted(labels[order], labels)  # where each sample's class starts in the sorted order
     return (rank - first) % 2 == 0
+
+
+def _own_fusion_accuracy(model: CSCF, encoded: Encoded, present: torch.Tensor, labels: torch.Tensor) -> float:
+    """_fusion_accuracy of the model's own fusion, top-k and gate mix on samples that exist."""
+    return _fusion_accuracy(model, encoded, present, labels, model.config.fusion, None, None) or 0.0
 
 
 def _fusion_candidates(
