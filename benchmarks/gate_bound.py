@@ -46,7 +46,8 @@ def gate_bound(model: CSCF, data: MMHCLData) -> dict[str, float]:
     that show every modality."""
     test = data.test
     rows = test.available.all(1).nonzero().squeeze(1)
-    encoded, labels = encode_test(model, data).rows(rows), test.labels[rows]
+    every = encode_test(model, data)
+    encoded, labels = every.rows(rows), test.labels[rows]
     present = torch.ones(len(rows), len(data.modalities), dtype=torch.bool)
     saw = model.seen[:, labels]  # (M, B): the modality saw the sample's class
 
@@ -70,7 +71,7 @@ def gate_bound(model: CSCF, data: MMHCLData) -> dict[str, float]:
             logit = refit(model, trained_logit, features, present, labels, fit)
             correct += accuracy(logit, (~fit).nonzero().squeeze(1)) * int((~fit).sum())
         out[name] = correct / len(rows)
-    out["routing ceiling"] = routing_ceiling(model, encode_test(model, data), data)["all"]
+    out["routing ceiling"] = routing_ceiling(model, every, data)["all"]
     return out
 
 
