@@ -32,7 +32,7 @@ import torch
 
 from cscf_model import CSCF, Encoded
 from cscf_model.router import fit_logistic
-from cscf_model.selection import alternate_halves, platt_scaling
+from cscf_model.selection import alternate_halves, platt_scaling, scaled_logits
 from tasks.evaluation.scoring import encode_test, routing_ceiling
 from tasks.training.mmhcl_data import MMHCLData
 
@@ -79,7 +79,7 @@ def _platt(model: CSCF, logit: torch.Tensor, features: list[torch.Tensor], prese
            labels: torch.Tensor, fit: torch.Tensor) -> torch.Tensor:
     """Every gate's logit Platt-scaled on the samples under `fit`."""
     slopes, shifts, _, _ = platt_scaling(model, logit[:, fit], present[fit], labels[fit])
-    return logit * torch.tensor(slopes)[:, None] + torch.tensor(shifts)[:, None]
+    return scaled_logits(logit, slopes, shifts)
 
 
 def _refit(model: CSCF, logit: torch.Tensor, features: list[torch.Tensor], present: torch.Tensor,

@@ -159,9 +159,13 @@ def gate_scaling(model: CSCF, encoded: Encoded, present: torch.Tensor, labels: t
 
 
 def scaled_gates(encoded: Encoded, slopes: list[float], shifts: list[float]) -> Encoded:
-    """`encoded` with every gate logit m replaced by slopes[m] * logit + shifts[m]."""
-    gate_logit = encoded.gate_logit * torch.tensor(slopes)[:, None] + torch.tensor(shifts)[:, None]
-    return Encoded(encoded.raw, encoded.raw_k, gate_logit, encoded.entropies)
+    """`encoded` with its gate logits scaled (scaled_logits)."""
+    return Encoded(encoded.raw, encoded.raw_k, scaled_logits(encoded.gate_logit, slopes, shifts), encoded.entropies)
+
+
+def scaled_logits(gate_logit: torch.Tensor, slopes: list[float], shifts: list[float]) -> torch.Tensor:
+    """(M, B) gate logits, row m replaced by slopes[m] * logit + shifts[m]."""
+    return gate_logit * torch.tensor(slopes)[:, None] + torch.tensor(shifts)[:, None]
 
 
 def platt_scaling(

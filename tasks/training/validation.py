@@ -116,20 +116,19 @@ def validation_record(selection: Selection, modalities: list[str], file_sha256: 
     diagnostics `validation_choices`): the file, its usable samples and rejected rows, the
     choices, and every candidate's score on the validation samples."""
     gates = selection.gate_scaling
+    fits = {m: {"slope": a, "shift": b} for m, a, b in zip(modalities, gates.slopes, gates.shifts)}
+    counts = {m: {"seen_samples": s, "unseen_samples": u}
+              for m, s, u in zip(modalities, gates.seen_samples, gates.unseen_samples)}
     return {
         "file_sha256": file_sha256,
         "samples": len(samples.labels),
         "rejected_rows": samples.rejected,
         "chosen": {"fusion": selection.fusion, "top_k": selection.top_k, "gate_mix": selection.gate_mix,
-                   "margins": dict(zip(modalities, selection.margins)),
-                   "gate_scaling": {m: {"slope": a, "shift": b} for m, a, b in zip(modalities, gates.slopes, gates.shifts)}
-                   if gates.adopted else None},
+                   "margins": dict(zip(modalities, selection.margins)), "gate_scaling": fits if gates.adopted else None},
         "candidates": {"multimodal_samples": selection.multimodal_samples,
                        "gate_scaling": {"accuracy_as_trained": gates.accuracy_as_trained,
                                         "accuracy_scaled": gates.accuracy_scaled, "adopted": gates.adopted,
-                                        "per_modality": {m: {"slope": a, "shift": b, "seen_samples": s, "unseen_samples": u}
-                                                         for m, a, b, s, u in zip(modalities, gates.slopes, gates.shifts,
-                                                                                  gates.seen_samples, gates.unseen_samples)}},
+                                        "per_modality": {m: fits[m] | counts[m] for m in modalities}},
                        "fusion": [asdict(s) for s in selection.fusion_scores],
                        "margins": {m: asdict(s) for m, s in zip(modalities, selection.margin_scores)}},
     }
